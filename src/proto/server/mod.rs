@@ -1,0 +1,657 @@
+//! The server side of the protocol, without IO (proto-spec.md §4, §5, §7).
+//!
+//! [`ServerCore::handle`] takes the time, the source address and a datagram, and writes at most
+//! one reply into the caller's buffer. [`ServerCore::handle_timeout`] expires leases. The core
+//! never reads a clock, a socket or the OS RNG; the driver passes them in.
+//!
+//! Concurrency: all methods take `&self`. Licenses and leases live in two `DashMap`s. The seat
+//! check and the lease insert happen under the license's shard lock, so the limit holds under any
+//! interleaving. Lock order is always license, then lease; code that holds a lease entry drops
+//! it before touching a license.
+
+mod types;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+pub use types::*;
+
+use super::cookie::CookieJar;
+use super::keys::{derive_session_keys, MacKey, SessionKeys};
+use super::replay::ReplayWindow;
+use super::wire::{
+    self, Ack, AckStatus, Challenge, Cookie, Deny, DenyReason, Grant, Heartbeat, Message, Proof,
+    Stale, Unknown, FLAG_RELEASE,
+};
+
+/// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
+pub const MIN_SOURCE_PORT: u16 = 1024;
+
+struct LicenseState {
+    rec: LicenseRecord,
+    proof_key: MacKey,
+    /// instance_id → lease_id: one lease per instance, the idempotency key of §4 step 5.
+    holders: HashMap<[u8; 16], u64>,
+}
+
+struct Session {
+    keys: SessionKeys,
+    client_nonce: [u8; 16],
+    cookie: Cookie,
+    window: ReplayWindow,
+}
+
+struct Lease {
+    license_id: [u8; 8],
+    record: RestoredLease,
+    /// None for a lease restored after a restart until its holder re-handshakes.
+    session: Option<Session>,
+    expires: Instant,
+    ttl: Duration,
+    license_expires_unix: Option<u64>,
+    /// Set once the license is revoked or has expired: heartbeats get this status.
+    ended: Option<AckStatus>,
+    /// False until the grant journal holding this lease has been committed.
+    durable: bool,
+}
+
+pub struct ServerCore {
+    cfg: ServerConfig,
+    start: Instant,
+    licenses: DashMap<[u8; 8], LicenseState>,
+    /// Store id → wire id, to apply revocations and restored leases.
+    by_db_id: DashMap<i64, [u8; 8]>,
+    leases: DashMap<u64, Lease>,
+    cookies: RwLock<CookieJar>,
+    rng: Mutex<StdRng>,
+    journal: Mutex<Vec<JournalOp>>,
+    stats: Stats,
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl ServerCore {
+    /// Builds the core with the store's licenses and the leases granted before a restart.
+    /// Restored leases expire one TTL after `now` (proto-spec.md §7).
+    pub fn new(
+        cfg: ServerConfig,
+        licenses: Vec<LicenseRecord>,
+        restored: Vec<RestoredLease>,
+        now: Instant,
+        rng_seed: [u8; 32],
+    ) -> Self {
+        let mut rng = StdRng::from_seed(rng_seed);
+        let jar = CookieJar::new(rng.gen(), 0);
+        let core = Self {
+            cfg,
+            start: now,
+            licenses: DashMap::new(),
+            by_db_id: DashMap::new(),
+            leases: DashMap::new(),
+            cookies: RwLock::new(jar),
+            rng: Mutex::new(rng),
+            journal: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+        };
+        core.sync_licenses(licenses);
+        for r in restored {
+            core.restore(now, r);
+        }
+        core
+    }
+
+    fn restore(&self, now: Instant, r: RestoredLease) {
+        let Some(license_id) = self.by_db_id.get(&r.license).map(|v| *v) else {
+            // The license is gone from the store: nothing to hold a seat of.
+            self.push_journal(JournalOp::Remove {
+                lease_id: r.lease_id,
+            });
+            return;
+        };
+        let Some(mut lic) = self.licenses.get_mut(&license_id) else {
+            return;
+        };
+        let ttl = self.ttl(&lic.rec);
+        lic.holders.insert(r.instance_id, r.lease_id);
+        let ended = lic.rec.revoked.then_some(AckStatus::Revoked);
+        self.leases.insert(
+            r.lease_id,
+            Lease {
+                license_id,
+                session: None,
+                expires: now + ttl,
+                ttl,
+                license_expires_unix: lic.rec.expires_unix,
+                ended,
+                durable: true,
+                record: r,
+            },
+        );
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn live_leases(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Seats in use per store license id.
+    pub fn seats_in_use(&self) -> HashMap<i64, usize> {
+        self.licenses
+            .iter()
+            .map(|l| (l.rec.id, l.holders.len()))
+            .collect()
+    }
+
+    fn ttl(&self, rec: &LicenseRecord) -> Duration {
+        self.cfg.ttl_override.unwrap_or(rec.ttl)
+    }
+
+    fn heartbeat(&self, rec: &LicenseRecord) -> Duration {
+        self.cfg.heartbeat_override.unwrap_or(rec.heartbeat)
+    }
+
+    fn now_s(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.start).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn push_journal(&self, op: JournalOp) {
+        if let Ok(mut j) = self.journal.lock() {
+            j.push(op);
+        }
+    }
+
+    /// Takes the changes to write to the store. Call [`committed`](Self::committed) or
+    /// [`commit_failed`](Self::commit_failed) with them afterwards.
+    pub fn drain_journal(&self) -> Vec<JournalOp> {
+        self.journal
+            .lock()
+            .map(|mut j| std::mem::take(&mut *j))
+            .unwrap_or_default()
+    }
+
+    pub fn has_pending_journal(&self) -> bool {
+        self.journal.lock().map(|j| !j.is_empty()).unwrap_or(false)
+    }
+
+    /// The grants in `ops` are durable: their GRANTs may now be sent.
+    pub fn committed(&self, ops: &[JournalOp]) {
+        for op in ops {
+            if let JournalOp::Grant(g) = op {
+                if let Some(mut l) = self.leases.get_mut(&g.lease_id) {
+                    l.durable = true;
+                }
+            }
+        }
+    }
+
+    /// The store refused `ops`: undo their grants, since a seat that is not recorded must not be
+    /// handed out. Their GRANTs are never sent; the clients retransmit and try again.
+    pub fn commit_failed(&self, ops: &[JournalOp]) {
+        for op in ops {
+            if let JournalOp::Grant(g) = op {
+                let license_id = self.leases.get(&g.lease_id).map(|l| l.license_id);
+                if let Some(license_id) = license_id {
+                    self.remove_lease(&license_id, g.lease_id, &g.instance_id, false);
+                }
+            }
+        }
+    }
+
+    /// Replaces the license table with the store's current view. New licenses are served at
+    /// once; revoked ones end their leases at the next heartbeat.
+    pub fn sync_licenses(&self, records: Vec<LicenseRecord>) {
+        for rec in records {
+            let id = rec.keys.license_id;
+            self.by_db_id.insert(rec.id, id);
+            let mut entry = self.licenses.entry(id).or_insert_with(|| LicenseState {
+                proof_key: MacKey::new(&rec.keys.k_proof),
+                rec: rec.clone(),
+                holders: HashMap::new(),
+            });
+            let ended = if rec.revoked {
+                Some(AckStatus::Revoked)
+            } else {
+                None
+            };
+            for lease_id in entry.holders.values() {
+                if let Some(mut l) = self.leases.get_mut(lease_id) {
+                    l.license_expires_unix = rec.expires_unix;
+                    if ended.is_some() {
+                        l.ended = ended;
+                    }
+                }
+            }
+            entry.rec = rec;
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    pub fn poll_timeout(&self, now: Instant) -> Instant {
+        now + Duration::from_millis(250)
+    }
+
+    /// Expires leases whose holders stopped heartbeating, and rotates the cookie key.
+    pub fn handle_timeout(&self, now: Instant) {
+        self.rotate_cookies(now);
+        let expired: Vec<(u64, [u8; 8], [u8; 16])> = self
+            .leases
+            .iter()
+            .filter(|l| l.expires <= now)
+            .map(|l| (*l.key(), l.license_id, l.record.instance_id))
+            .collect();
+        for (lease_id, license_id, instance) in expired {
+            let still_expired = self.leases.get(&lease_id).is_some_and(|l| l.expires <= now);
+            if still_expired && self.remove_lease(&license_id, lease_id, &instance, true) {
+                bump(&self.stats.expiries);
+            }
+        }
+    }
+
+    /// Removes a lease and its seat; true if it was there. Takes the license lock first.
+    fn remove_lease(
+        &self,
+        license_id: &[u8; 8],
+        lease_id: u64,
+        instance: &[u8; 16],
+        journal: bool,
+    ) -> bool {
+        let lic = self.licenses.get_mut(license_id);
+        let removed = self.leases.remove(&lease_id).is_some();
+        if let Some(mut lic) = lic {
+            if lic.holders.get(instance) == Some(&lease_id) {
+                lic.holders.remove(instance);
+            }
+        }
+        if removed && journal {
+            self.push_journal(JournalOp::Remove { lease_id });
+        }
+        removed
+    }
+
+    fn rotate_cookies(&self, now: Instant) {
+        let now_s = self.now_s(now);
+        let stale = self
+            .cookies
+            .read()
+            .map(|j| j.needs_rotation(now_s))
+            .unwrap_or(false);
+        if stale {
+            let key: [u8; 32] = self.rng.lock().map(|mut r| r.gen()).unwrap_or([0; 32]);
+            if let Ok(mut jar) = self.cookies.write() {
+                if jar.needs_rotation(now_s) {
+                    jar.rotate(key, now_s);
+                }
+            }
+        }
+    }
+
+    /// Handles one datagram from `src`, writing any reply into `out` (at least
+    /// [`wire::MAX_DATAGRAM`] bytes). `unix` is the wall clock in seconds, for license validity
+    /// and the `since` shown to admins.
+    pub fn handle(
+        &self,
+        now: Instant,
+        unix: u64,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Reply {
+        bump(&self.stats.received);
+        if src.port() < MIN_SOURCE_PORT {
+            bump(&self.stats.dropped_low_port);
+            return Reply::None;
+        }
+        let frame = match wire::decode(datagram) {
+            Ok(f) => f,
+            Err(_) => {
+                bump(&self.stats.dropped_malformed);
+                return Reply::None;
+            }
+        };
+        match frame.msg {
+            Message::Hello(h) => self.on_hello(now, src, &h.client_nonce, out),
+            Message::Proof(p) => self.on_proof(now, unix, src, &p, frame.signed, frame.tag, out),
+            Message::Heartbeat(hb) => {
+                self.on_heartbeat(now, unix, &hb, frame.signed, frame.tag, out)
+            }
+            _ => {
+                bump(&self.stats.dropped_direction);
+                Reply::None
+            }
+        }
+    }
+
+    fn on_hello(&self, now: Instant, src: SocketAddr, nonce: &[u8; 16], out: &mut [u8]) -> Reply {
+        self.rotate_cookies(now);
+        let now_s = self.now_s(now);
+        let Ok(jar) = self.cookies.read() else {
+            return Reply::None;
+        };
+        let cookie = jar.issue(now_s, &src, nonce);
+        drop(jar);
+        let msg = Message::Challenge(Challenge {
+            client_nonce: *nonce,
+            cookie,
+            server_salt: self.cfg.server_salt,
+            kdf_m_kib: self.cfg.kdf.m_kib,
+            kdf_t: self.cfg.kdf.t,
+            kdf_p: self.cfg.kdf.p,
+        });
+        bump(&self.stats.challenges);
+        match wire::encode_unsigned(&msg, out) {
+            Some(n) => Reply::Send(n),
+            None => Reply::None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one datagram's parts; a struct would only rename them
+    fn on_proof(
+        &self,
+        now: Instant,
+        unix: u64,
+        src: SocketAddr,
+        p: &Proof,
+        signed: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Reply {
+        // §4 step 2: the cookie, before any lookup.
+        let now_s = self.now_s(now);
+        let cookie_ok = self
+            .cookies
+            .read()
+            .map(|j| j.check(now_s, &p.cookie, &src, &p.client_nonce))
+            .unwrap_or(false);
+        if !cookie_ok {
+            bump(&self.stats.dropped_cookie);
+            return Reply::None;
+        }
+        // Step 3: the license; its shard lock is held to the end, so the seat check and the
+        // insert below are one atomic step.
+        let Some(mut lic) = self.licenses.get_mut(&p.license_id) else {
+            bump(&self.stats.unknown_license);
+            let msg = Message::Unknown(Unknown {
+                client_nonce: p.client_nonce,
+            });
+            return wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send);
+        };
+        // Step 4.
+        if !lic.proof_key.verify(signed, tag) {
+            bump(&self.stats.dropped_mac);
+            return Reply::None;
+        }
+        let seats = lic.rec.seats;
+        let used = lic.holders.len();
+        let ttl = self.ttl(&lic.rec);
+        let hb = self.heartbeat(&lic.rec);
+        let epoch = self.cfg.epoch;
+
+        // Step 5: this instance already holds a lease.
+        if let Some(&lease_id) = lic.holders.get(&p.instance_id) {
+            if let Some(mut lease) = self.leases.get_mut(&lease_id) {
+                if let Some(status) = lease.ended {
+                    let reason = if status == AckStatus::Expired {
+                        DenyReason::Expired
+                    } else {
+                        DenyReason::Revoked
+                    };
+                    drop(lease);
+                    return self.deny(&lic.rec, p, reason, 0, used, out);
+                }
+                if let Some(s) = &lease.session {
+                    let same = s.client_nonce == p.client_nonce && s.cookie == p.cookie;
+                    if !same && p.cookie.ts < s.cookie.ts {
+                        bump(&self.stats.dropped_replay);
+                        return Reply::None;
+                    }
+                    if same {
+                        bump(&self.stats.regrants);
+                        let keys = s.keys.clone();
+                        let durable = lease.durable;
+                        return self.grant(&keys, lease_id, ttl, hb, used, seats, durable, out);
+                    }
+                }
+                let keys = derive_session_keys(
+                    &lic.rec.keys.k_auth,
+                    &p.client_nonce,
+                    &p.cookie,
+                    &p.license_id,
+                    &p.instance_id,
+                    lease_id,
+                    epoch,
+                );
+                lease.session = Some(Session {
+                    keys: keys.clone(),
+                    client_nonce: p.client_nonce,
+                    cookie: p.cookie,
+                    window: ReplayWindow::default(),
+                });
+                lease.expires = now + ttl;
+                lease.ttl = ttl;
+                lease.record.addr = src;
+                let durable = lease.durable;
+                bump(&self.stats.regrants);
+                return self.grant(&keys, lease_id, ttl, hb, used, seats, durable, out);
+            }
+        }
+
+        // Step 6.
+        if lic.rec.revoked {
+            return self.deny(&lic.rec, p, DenyReason::Revoked, 0, used, out);
+        }
+        if lic.rec.expires_unix.is_some_and(|e| unix >= e) {
+            return self.deny(&lic.rec, p, DenyReason::Expired, 0, used, out);
+        }
+        // Step 8.
+        if used >= usize::from(seats) {
+            return self.deny(&lic.rec, p, DenyReason::Full, ms(hb), used, out);
+        }
+        // Step 7: a new lease, journaled; its GRANT waits for the commit.
+        let lease_id = self.new_lease_id();
+        let keys = derive_session_keys(
+            &lic.rec.keys.k_auth,
+            &p.client_nonce,
+            &p.cookie,
+            &p.license_id,
+            &p.instance_id,
+            lease_id,
+            epoch,
+        );
+        let record = RestoredLease {
+            lease_id,
+            license: lic.rec.id,
+            instance_id: p.instance_id,
+            addr: src,
+            since_unix: unix,
+        };
+        lic.holders.insert(p.instance_id, lease_id);
+        self.leases.insert(
+            lease_id,
+            Lease {
+                license_id: p.license_id,
+                record: record.clone(),
+                session: Some(Session {
+                    keys: keys.clone(),
+                    client_nonce: p.client_nonce,
+                    cookie: p.cookie,
+                    window: ReplayWindow::default(),
+                }),
+                expires: now + ttl,
+                ttl,
+                license_expires_unix: lic.rec.expires_unix,
+                ended: None,
+                durable: false,
+            },
+        );
+        self.push_journal(JournalOp::Grant(record));
+        bump(&self.stats.grants);
+        self.grant(&keys, lease_id, ttl, hb, used + 1, seats, false, out)
+    }
+
+    fn new_lease_id(&self) -> u64 {
+        let Ok(mut rng) = self.rng.lock() else {
+            return 1;
+        };
+        loop {
+            let id: u64 = rng.gen();
+            if id != 0 && !self.leases.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the GRANT's fields
+    fn grant(
+        &self,
+        keys: &SessionKeys,
+        lease_id: u64,
+        ttl: Duration,
+        hb: Duration,
+        used: usize,
+        seats: u16,
+        durable: bool,
+        out: &mut [u8],
+    ) -> Reply {
+        let msg = Message::Grant(Grant {
+            lease_id,
+            epoch: self.cfg.epoch,
+            ttl_ms: ms(ttl),
+            heartbeat_ms: ms(hb),
+            used: u16::try_from(used).unwrap_or(u16::MAX),
+            seats,
+        });
+        let Some(n) = wire::encode_unsigned(&msg, out).and_then(|n| keys.s2c.seal(out, n)) else {
+            return Reply::None;
+        };
+        if durable {
+            Reply::Send(n)
+        } else {
+            Reply::AfterCommit(n)
+        }
+    }
+
+    fn deny(
+        &self,
+        rec: &LicenseRecord,
+        p: &Proof,
+        reason: DenyReason,
+        retry_after_ms: u32,
+        used: usize,
+        out: &mut [u8],
+    ) -> Reply {
+        bump(&self.stats.denials);
+        let keys = derive_session_keys(
+            &rec.keys.k_auth,
+            &p.client_nonce,
+            &p.cookie,
+            &p.license_id,
+            &p.instance_id,
+            0,
+            self.cfg.epoch,
+        );
+        let msg = Message::Deny(Deny {
+            epoch: self.cfg.epoch,
+            reason: reason as u8,
+            retry_after_ms,
+            used: u16::try_from(used).unwrap_or(u16::MAX),
+            seats: rec.seats,
+        });
+        wire::encode_unsigned(&msg, out)
+            .and_then(|n| keys.s2c.seal(out, n))
+            .map_or(Reply::None, Reply::Send)
+    }
+
+    fn stale(&self, lease_id: u64, out: &mut [u8]) -> Reply {
+        bump(&self.stats.stale);
+        let msg = Message::Stale(Stale {
+            lease_id,
+            epoch: self.cfg.epoch,
+        });
+        wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send)
+    }
+
+    fn on_heartbeat(
+        &self,
+        now: Instant,
+        unix: u64,
+        hb: &Heartbeat,
+        signed: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Reply {
+        if hb.epoch != self.cfg.epoch {
+            return self.stale(hb.lease_id, out);
+        }
+        let Some(mut guard) = self.leases.get_mut(&hb.lease_id) else {
+            return self.stale(hb.lease_id, out);
+        };
+        let lease = &mut *guard;
+        let Some(session) = lease.session.as_mut() else {
+            return self.stale(hb.lease_id, out);
+        };
+        if !session.window.check(hb.seq) {
+            // Cheap before the MAC: a seq we already took cannot become acceptable.
+            bump(&self.stats.dropped_replay);
+            return Reply::None;
+        }
+        if !session.keys.c2s.verify(signed, tag) {
+            bump(&self.stats.dropped_mac);
+            return Reply::None;
+        }
+        session.window.accept(hb.seq);
+        let s2c = session.keys.s2c.clone();
+        if lease.ended.is_none() && lease.license_expires_unix.is_some_and(|e| unix >= e) {
+            lease.ended = Some(AckStatus::Expired);
+        }
+        let release = hb.flags & FLAG_RELEASE != 0;
+        let status = match (lease.ended, release) {
+            (_, true) => AckStatus::Released,
+            (Some(s), false) => s,
+            (None, false) => {
+                lease.expires = now + lease.ttl;
+                AckStatus::Ok
+            }
+        };
+        let ttl_ms = if status == AckStatus::Ok {
+            ms(lease.ttl)
+        } else {
+            0
+        };
+        let (license_id, instance) = (lease.license_id, lease.record.instance_id);
+        // The lease lock must go before remove_lease takes the license lock (lock order).
+        drop(guard);
+        bump(&self.stats.heartbeats);
+        if release && self.remove_lease(&license_id, hb.lease_id, &instance, true) {
+            bump(&self.stats.releases);
+        }
+        let msg = Message::Ack(Ack {
+            lease_id: hb.lease_id,
+            epoch: self.cfg.epoch,
+            seq: hb.seq,
+            status: status as u8,
+            ttl_ms,
+        });
+        wire::encode_unsigned(&msg, out)
+            .and_then(|n| s2c.seal(out, n))
+            .map_or(Reply::None, Reply::Send)
+    }
+
+    /// Every live lease, for status displays: (store license id, lease).
+    pub fn holders(&self) -> Vec<RestoredLease> {
+        self.leases.iter().map(|l| l.record.clone()).collect()
+    }
+}

@@ -1,0 +1,110 @@
+//! What the server core takes in and gives out, apart from datagrams.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::proto::keys::{KdfParams, LicenseKeys};
+
+/// Fixed for the life of one server process.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub server_salt: [u8; 16],
+    pub kdf: KdfParams,
+    /// This boot's epoch; the driver has already persisted it (proto-spec.md §7).
+    pub epoch: u32,
+    /// `serve --lease-ttl`: overrides every license type's TTL.
+    pub ttl_override: Option<Duration>,
+    /// `serve --heartbeat`: overrides every license type's heartbeat interval.
+    pub heartbeat_override: Option<Duration>,
+}
+
+/// A license as the store knows it. The core keeps the keys, never a serial.
+#[derive(Clone, Debug)]
+pub struct LicenseRecord {
+    /// The store's id, shown to admins and written into the grant journal.
+    pub id: i64,
+    pub keys: LicenseKeys,
+    pub seats: u16,
+    pub expires_unix: Option<u64>,
+    pub revoked: bool,
+    pub ttl: Duration,
+    pub heartbeat: Duration,
+}
+
+/// A grant recorded before a restart, to be honoured after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredLease {
+    pub lease_id: u64,
+    pub license: i64,
+    pub instance_id: [u8; 16],
+    pub addr: SocketAddr,
+    pub since_unix: u64,
+}
+
+/// A change the driver must write to the store. Grants must be committed before their GRANT
+/// leaves; removals may lag (proto-spec.md §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalOp {
+    Grant(RestoredLease),
+    Remove { lease_id: u64 },
+}
+
+/// What to do with the bytes the core wrote into the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing to send.
+    None,
+    /// Send `out[..n]` now.
+    Send(usize),
+    /// Send `out[..n]` only after the pending journal has been committed.
+    AfterCommit(usize),
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters of everything the server did and dropped. Relaxed atomics: they are reports,
+        /// not synchronisation.
+        #[derive(Debug, Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct StatsSnapshot { $(pub $name: u64,)* }
+
+        impl Stats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    received,
+    /// Bad magic, version, type, length, padding or body.
+    dropped_malformed,
+    /// A server-to-client type sent to the server.
+    dropped_direction,
+    /// Source port below 1024.
+    dropped_low_port,
+    /// Cookie invalid, expired or for another source.
+    dropped_cookie,
+    /// Tag did not verify.
+    dropped_mac,
+    /// Heartbeat seq already seen or too old, or PROOF older than the current session.
+    dropped_replay,
+    challenges,
+    unknown_license,
+    grants,
+    regrants,
+    denials,
+    heartbeats,
+    releases,
+    expiries,
+    stale,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
