@@ -518,7 +518,7 @@ impl ClientCore {
                 let Some(&(_, sent_at)) = s.sent.iter().find(|(q, _)| *q == a.seq) else {
                     return;
                 };
-                self.on_ack(now, a.status, sent_at);
+                self.on_ack(now, a.seq, a.status, sent_at);
             }
             (Phase::Held(s), Message::Stale(st)) if st.lease_id == s.lease_id => {
                 self.start_hello(now)
@@ -640,10 +640,15 @@ impl ClientCore {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, status: u8, sent_at: Instant) {
+    fn on_ack(&mut self, now: Instant, seq: u64, status: u8, sent_at: Instant) {
         let Some(status) = AckStatus::from_byte(status) else {
             return;
         };
+        // An ACK answers its heartbeat once: forget it and every older one, so that a replayed
+        // or late ACK cannot postpone the next heartbeat or cancel a retransmission (§10).
+        if let Phase::Held(s) | Phase::Releasing { session: s, .. } = &mut self.phase {
+            s.sent.retain(|(q, _)| *q > seq);
+        }
         match (status, &mut self.phase) {
             (AckStatus::Ok, Phase::Held(s)) => {
                 s.awaiting_ack = false;

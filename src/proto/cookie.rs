@@ -47,26 +47,13 @@ fn ip16(addr: &SocketAddr) -> [u8; 16] {
 fn mac(key: &[u8; 32], ts: u32, kid: u8, src: &SocketAddr, nonce: &[u8; 16]) -> [u8; 16] {
     hmac16(
         key,
-        &[
-            b"lic-udp/1 cookie",
-            &ts.to_le_bytes(),
-            &[kid],
-            &ip16(src),
-            &src.port().to_le_bytes(),
-            nonce,
-        ],
+        &[b"lic-udp/1 cookie", &ts.to_le_bytes(), &[kid], &ip16(src), &src.port().to_le_bytes(), nonce],
     )
 }
 
 impl CookieJar {
     pub fn new(key: [u8; 32], now_s: u32) -> Self {
-        Self {
-            current: Slot {
-                period: now_s / PERIOD_S,
-                key,
-            },
-            previous: None,
-        }
+        Self { current: Slot { period: now_s / PERIOD_S, key }, previous: None }
     }
 
     /// True when `now_s` has moved into a period that has no key yet.
@@ -84,11 +71,7 @@ impl CookieJar {
 
     pub fn issue(&self, now_s: u32, src: &SocketAddr, nonce: &[u8; 16]) -> Cookie {
         let kid = (self.current.period % 256) as u8;
-        Cookie {
-            ts: now_s,
-            kid,
-            mac: mac(&self.current.key, now_s, kid, src, nonce),
-        }
+        Cookie { ts: now_s, kid, mac: mac(&self.current.key, now_s, kid, src, nonce) }
     }
 
     /// Valid: issued by us for this source and nonce, not in the future, at most
@@ -109,10 +92,7 @@ impl CookieJar {
                 _ => return false,
             }
         };
-        ct_eq16(
-            &mac(&slot.key, cookie.ts, cookie.kid, src, nonce),
-            &cookie.mac,
-        )
+        ct_eq16(&mac(&slot.key, cookie.ts, cookie.kid, src, nonce), &cookie.mac)
     }
 }
 
@@ -133,21 +113,12 @@ mod tests {
         assert!(jar.check(40, &c, &src, &[9; 16]));
         assert!(!jar.check(41, &c, &src, &[9; 16]), "expired");
         assert!(!jar.check(9, &c, &src, &[9; 16]), "from the future");
-        assert!(
-            !jar.check(10, &c, &addr("127.0.0.1:5001"), &[9; 16]),
-            "other port"
-        );
-        assert!(
-            !jar.check(10, &c, &addr("127.0.0.2:5000"), &[9; 16]),
-            "other ip"
-        );
+        assert!(!jar.check(10, &c, &addr("127.0.0.1:5001"), &[9; 16]), "other port");
+        assert!(!jar.check(10, &c, &addr("127.0.0.2:5000"), &[9; 16]), "other ip");
         assert!(!jar.check(10, &c, &src, &[8; 16]), "other nonce");
         let mut forged = c;
         forged.ts = 11;
-        assert!(
-            !jar.check(11, &forged, &src, &[9; 16]),
-            "ts is under the mac"
-        );
+        assert!(!jar.check(11, &forged, &src, &[9; 16]), "ts is under the mac");
     }
 
     #[test]

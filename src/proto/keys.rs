@@ -81,17 +81,9 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// What ships: 64 MiB, 3 passes, one lane (same result on every client CPU).
-    pub const SHIPPED: Self = Self {
-        m_kib: 65536,
-        t: 3,
-        p: 1,
-    };
+    pub const SHIPPED: Self = Self { m_kib: 65536, t: 3, p: 1 };
     /// For tests and benchmarks only: fast, and weak against offline guessing.
-    pub const TEST: Self = Self {
-        m_kib: 1024,
-        t: 1,
-        p: 1,
-    };
+    pub const TEST: Self = Self { m_kib: 1024, t: 1, p: 1 };
 
     /// Bounds a client accepts, so a spoofed CHALLENGE cannot make it allocate without limit.
     pub fn is_acceptable(&self) -> bool {
@@ -119,9 +111,7 @@ pub struct LicenseKeys {
 
 impl fmt::Debug for LicenseKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LicenseKeys")
-            .field("license_id", &hex8(&self.license_id))
-            .finish_non_exhaustive()
+        f.debug_struct("LicenseKeys").field("license_id", &hex8(&self.license_id)).finish_non_exhaustive()
     }
 }
 
@@ -144,25 +134,14 @@ pub fn derive_license_keys(
     server_salt: &[u8; 16],
     params: KdfParams,
 ) -> Result<LicenseKeys, KdfError> {
-    let argon_params = argon2::Params::new(
-        params.m_kib,
-        u32::from(params.t),
-        u32::from(params.p),
-        Some(32),
-    )
-    .map_err(|_| KdfError::Params(params))?;
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon_params,
-    );
+    let argon_params = argon2::Params::new(params.m_kib, u32::from(params.t), u32::from(params.p), Some(32))
+        .map_err(|_| KdfError::Params(params))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
     let mut salt = Vec::with_capacity(30);
     salt.extend_from_slice(b"lic-udp/1 salt");
     salt.extend_from_slice(server_salt);
     let mut k_serial = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(&serial.0, &salt, k_serial.as_mut())
-        .map_err(|_| KdfError::Params(params))?;
+    argon.hash_password_into(&serial.0, &salt, k_serial.as_mut()).map_err(|_| KdfError::Params(params))?;
     let hk = Hkdf::<Sha256>::new(Some(b"lic-udp/1"), k_serial.as_ref());
     Ok(LicenseKeys {
         license_id: expand(&hk, &[b"lic-udp/1 license-id"]),
@@ -194,18 +173,11 @@ pub fn derive_session_keys(
     let hk = Hkdf::<Sha256>::new(Some(&salt), k_auth);
     let lease = lease_id.to_le_bytes();
     let ep = epoch.to_le_bytes();
-    let c2s: Zeroizing<[u8; 32]> = Zeroizing::new(expand(
-        &hk,
-        &[b"lic-udp/1 c2s", license_id, instance_id, &lease, &ep],
-    ));
-    let s2c: Zeroizing<[u8; 32]> = Zeroizing::new(expand(
-        &hk,
-        &[b"lic-udp/1 s2c", license_id, instance_id, &lease, &ep],
-    ));
-    SessionKeys {
-        c2s: MacKey::new(&c2s),
-        s2c: MacKey::new(&s2c),
-    }
+    let c2s: Zeroizing<[u8; 32]> =
+        Zeroizing::new(expand(&hk, &[b"lic-udp/1 c2s", license_id, instance_id, &lease, &ep]));
+    let s2c: Zeroizing<[u8; 32]> =
+        Zeroizing::new(expand(&hk, &[b"lic-udp/1 s2c", license_id, instance_id, &lease, &ep]));
+    SessionKeys { c2s: MacKey::new(&c2s), s2c: MacKey::new(&s2c) }
 }
 
 /// A pre-keyed HMAC-SHA-256: cloning the keyed state saves the two key-block compressions that
@@ -245,8 +217,7 @@ impl MacKey {
     /// Writes the tag for `out[..signed_len]` right after it; returns the datagram length.
     pub fn seal(&self, out: &mut [u8], signed_len: usize) -> Option<usize> {
         let tag = self.tag(out.get(..signed_len)?);
-        out.get_mut(signed_len..signed_len + TAG_LEN)?
-            .copy_from_slice(&tag);
+        out.get_mut(signed_len..signed_len + TAG_LEN)?.copy_from_slice(&tag);
         Some(signed_len + TAG_LEN)
     }
 }
@@ -289,24 +260,10 @@ mod tests {
     fn serials_accept_spaces_and_dashes_only() {
         let a = Serial::parse("0123-456 789").expect("valid");
         assert_eq!(a.as_str(), "0123456789");
-        assert_eq!(
-            Serial::parse("012345678").err(),
-            Some(SerialError::Length(9))
-        );
-        assert_eq!(
-            Serial::parse("01234567890").err(),
-            Some(SerialError::Length(11))
-        );
-        assert_eq!(
-            Serial::parse("01234x6789").err(),
-            Some(SerialError::Character('x'))
-        );
-        assert_eq!(
-            Serial::from_number(7)
-                .map(|s| s.as_str().to_owned())
-                .as_deref(),
-            Some("0000000007")
-        );
+        assert_eq!(Serial::parse("012345678").err(), Some(SerialError::Length(9)));
+        assert_eq!(Serial::parse("01234567890").err(), Some(SerialError::Length(11)));
+        assert_eq!(Serial::parse("01234x6789").err(), Some(SerialError::Character('x')));
+        assert_eq!(Serial::from_number(7).map(|s| s.as_str().to_owned()).as_deref(), Some("0000000007"));
         assert!(Serial::from_number(10_000_000_000).is_none());
     }
 
@@ -330,17 +287,7 @@ mod tests {
     fn kdf_bounds() {
         assert!(KdfParams::SHIPPED.is_acceptable());
         assert!(KdfParams::TEST.is_acceptable());
-        assert!(!KdfParams {
-            m_kib: 4 * 1024 * 1024,
-            t: 1,
-            p: 1
-        }
-        .is_acceptable());
-        assert!(!KdfParams {
-            m_kib: 1024,
-            t: 0,
-            p: 1
-        }
-        .is_acceptable());
+        assert!(!KdfParams { m_kib: 4 * 1024 * 1024, t: 1, p: 1 }.is_acceptable());
+        assert!(!KdfParams { m_kib: 1024, t: 0, p: 1 }.is_acceptable());
     }
 }

@@ -31,11 +31,7 @@ impl ReplayWindow {
     pub fn accept(&mut self, seq: u64) {
         if seq > self.top {
             let shift = seq - self.top;
-            self.seen = if shift >= WINDOW {
-                0
-            } else {
-                self.seen << shift
-            };
+            self.seen = if shift >= WINDOW { 0 } else { self.seen << shift };
             self.seen |= 1;
             self.top = seq;
         } else {

@@ -68,7 +68,7 @@ impl MsgType {
     }
 
     /// The one valid length of a datagram of this type.
-    pub const fn len(self) -> usize {
+    pub const fn wire_len(self) -> usize {
         let (b, p, t) = self.layout();
         HEADER_LEN + b + p + t
     }
@@ -319,7 +319,7 @@ pub fn peek_type(datagram: &[u8]) -> Result<MsgType, DecodeError> {
         return Err(DecodeError::Version(header[2]));
     }
     let ty = MsgType::from_byte(header[3]).ok_or(DecodeError::UnknownType(header[3]))?;
-    if datagram.len() != ty.len() {
+    if datagram.len() != ty.wire_len() {
         return Err(DecodeError::Length);
     }
     Ok(ty)
@@ -338,19 +338,13 @@ pub fn decode(datagram: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let (b, p, t) = ty.layout();
     let body_end = HEADER_LEN + b;
     let signed_end = body_end + p;
-    let body_bytes = datagram
-        .get(HEADER_LEN..body_end)
-        .ok_or(DecodeError::Length)?;
-    let pad = datagram
-        .get(body_end..signed_end)
-        .ok_or(DecodeError::Length)?;
+    let body_bytes = datagram.get(HEADER_LEN..body_end).ok_or(DecodeError::Length)?;
+    let pad = datagram.get(body_end..signed_end).ok_or(DecodeError::Length)?;
     if pad.iter().any(|&x| x != 0) {
         return Err(DecodeError::Body);
     }
     let signed = datagram.get(..signed_end).ok_or(DecodeError::Length)?;
-    let tag = datagram
-        .get(signed_end..signed_end + t)
-        .ok_or(DecodeError::Length)?;
+    let tag = datagram.get(signed_end..signed_end + t).ok_or(DecodeError::Length)?;
     let msg = match ty {
         MsgType::Hello => Message::Hello(body(body_bytes)?),
         MsgType::Proof => Message::Proof(body(body_bytes)?),
@@ -378,7 +372,7 @@ pub fn decode(datagram: &[u8]) -> Result<Frame<'_>, DecodeError> {
 pub fn encode_unsigned(msg: &Message, out: &mut [u8]) -> Option<usize> {
     let ty = msg.msg_type();
     let (b, p, _) = ty.layout();
-    let out = out.get_mut(..ty.len())?;
+    let out = out.get_mut(..ty.wire_len())?;
     out[..2].copy_from_slice(&MAGIC);
     out[2] = VERSION;
     out[3] = ty as u8;
@@ -406,15 +400,9 @@ mod tests {
     use super::*;
 
     fn all_samples() -> Vec<Message> {
-        let cookie = Cookie {
-            ts: 42,
-            kid: 0,
-            mac: [7; 16],
-        };
+        let cookie = Cookie { ts: 42, kid: 0, mac: [7; 16] };
         vec![
-            Message::Hello(Hello {
-                client_nonce: [1; 16],
-            }),
+            Message::Hello(Hello { client_nonce: [1; 16] }),
             Message::Proof(Proof {
                 license_id: [2; 8],
                 instance_id: [3; 16],
@@ -422,12 +410,7 @@ mod tests {
                 cookie,
                 prev_lease_id: 9,
             }),
-            Message::Heartbeat(Heartbeat {
-                lease_id: 5,
-                epoch: 6,
-                seq: 7,
-                flags: 1,
-            }),
+            Message::Heartbeat(Heartbeat { lease_id: 5, epoch: 6, seq: 7, flags: 1 }),
             Message::Challenge(Challenge {
                 client_nonce: [1; 16],
                 cookie,
@@ -436,35 +419,11 @@ mod tests {
                 kdf_t: 3,
                 kdf_p: 1,
             }),
-            Message::Grant(Grant {
-                lease_id: 1,
-                epoch: 2,
-                ttl_ms: 3,
-                heartbeat_ms: 4,
-                used: 5,
-                seats: 6,
-            }),
-            Message::Deny(Deny {
-                epoch: 1,
-                reason: 1,
-                retry_after_ms: 2,
-                used: 3,
-                seats: 3,
-            }),
-            Message::Ack(Ack {
-                lease_id: 1,
-                epoch: 2,
-                seq: 3,
-                status: 0,
-                ttl_ms: 4,
-            }),
-            Message::Stale(Stale {
-                lease_id: 1,
-                epoch: 2,
-            }),
-            Message::Unknown(Unknown {
-                client_nonce: [9; 16],
-            }),
+            Message::Grant(Grant { lease_id: 1, epoch: 2, ttl_ms: 3, heartbeat_ms: 4, used: 5, seats: 6 }),
+            Message::Deny(Deny { epoch: 1, reason: 1, retry_after_ms: 2, used: 3, seats: 3 }),
+            Message::Ack(Ack { lease_id: 1, epoch: 2, seq: 3, status: 0, ttl_ms: 4 }),
+            Message::Stale(Stale { lease_id: 1, epoch: 2 }),
+            Message::Unknown(Unknown { client_nonce: [9; 16] }),
         ]
     }
 
@@ -473,7 +432,7 @@ mod tests {
         for msg in all_samples() {
             let mut buf = [0u8; MAX_DATAGRAM];
             let n = encode_unsigned(&msg, &mut buf).expect("encodes");
-            let total = msg.msg_type().len();
+            let total = msg.msg_type().wire_len();
             assert_eq!(n + msg.msg_type().layout().2, total);
             let frame = decode(&buf[..total]).expect("decodes");
             assert_eq!(frame.msg, msg);
@@ -485,26 +444,19 @@ mod tests {
 
     #[test]
     fn no_datagram_exceeds_the_documented_maximum() {
-        let max = all_samples().iter().map(|m| m.msg_type().len()).max();
+        let max = all_samples().iter().map(|m| m.msg_type().wire_len()).max();
         assert_eq!(max, Some(MAX_DATAGRAM));
     }
 
     #[test]
     fn nonzero_padding_and_unknown_flags_are_rejected() {
         let mut buf = [0u8; MAX_DATAGRAM];
-        let hello = Message::Hello(Hello {
-            client_nonce: [1; 16],
-        });
+        let hello = Message::Hello(Hello { client_nonce: [1; 16] });
         encode_unsigned(&hello, &mut buf).expect("encodes");
         buf[63] = 1;
         assert_eq!(decode(&buf[..64]).err(), Some(DecodeError::Body));
 
-        let hb = Message::Heartbeat(Heartbeat {
-            lease_id: 1,
-            epoch: 1,
-            seq: 1,
-            flags: 2,
-        });
+        let hb = Message::Heartbeat(Heartbeat { lease_id: 1, epoch: 1, seq: 1, flags: 2 });
         encode_unsigned(&hb, &mut buf).expect("encodes");
         assert_eq!(decode(&buf[..48]).err(), Some(DecodeError::Body));
     }
@@ -514,9 +466,6 @@ mod tests {
         assert_eq!(decode(b"").err(), Some(DecodeError::NotLicUdp));
         assert_eq!(decode(b"XY\x01\x01").err(), Some(DecodeError::NotLicUdp));
         assert_eq!(decode(b"LU\x02\x01").err(), Some(DecodeError::Version(2)));
-        assert_eq!(
-            decode(b"LU\x01\x07").err(),
-            Some(DecodeError::UnknownType(7))
-        );
+        assert_eq!(decode(b"LU\x01\x07").err(), Some(DecodeError::UnknownType(7)));
     }
 }

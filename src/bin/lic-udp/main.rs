@@ -1,1 +1,91 @@
-fn main() {}
+//! `lic-udp`: one binary for the server, the admin commands and the user's commands.
+//!
+//! This file only parses arguments and maps outcomes to exit codes; each subcommand is a few
+//! lines over the library. It is the only place that prints to the terminal or exits.
+
+mod admin;
+mod exit;
+mod user;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use exit::Failure;
+
+/// A floating-license server for software on a LAN.
+///
+/// Exit codes: 0 success; 1 all seats in use; 2 license unknown, revoked or expired, wrong
+/// serial, or refused login; 3 no server answered; 64 usage error; 66 no data dir; 74 store or
+/// I/O error.
+#[derive(Parser)]
+#[command(name = "lic-udp", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the license server (UDP).
+    Serve(admin::ServeOpt),
+    /// Manage admin accounts.
+    #[command(subcommand)]
+    User(admin::UserCmd),
+    /// Log in as a user and issue a new license; prints its 10-digit serial.
+    Issue(admin::IssueOpt),
+    /// Show every license, its seats in use and their holders (never the serials).
+    Status(admin::StatusOpt),
+    /// End a license (owner only). Its holders lose their seats at their next heartbeat.
+    Revoke(admin::RevokeOpt),
+    /// Take a seat, give it back, and exit: a license check for scripts.
+    Verify(user::VerifyOpt),
+    /// Hold a seat while PROGRAM runs; exit with PROGRAM's status.
+    Run(user::RunOpt),
+    /// Store the serial (and the keys derived from it) so later commands need no --serial.
+    Activate(user::ActivateOpt),
+}
+
+/// Parses `3s`, `500ms`, `2m` and the like.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 3s, 500ms, 2m)"))
+}
+
+pub(crate) fn default_data_dir() -> PathBuf {
+    PathBuf::from("./lic-udp-data")
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => exit::USAGE,
+            });
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("lic-udp: {}", f.message);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32, Failure> {
+    match cli.command {
+        Command::Serve(o) => admin::serve(o),
+        Command::User(c) => admin::user(c),
+        Command::Issue(o) => admin::issue(o),
+        Command::Status(o) => admin::status(o),
+        Command::Revoke(o) => admin::revoke(o),
+        Command::Verify(o) => user::verify(o),
+        Command::Run(o) => user::run(o),
+        Command::Activate(o) => user::activate(o),
+    }
+}

@@ -1,0 +1,385 @@
+//! The client's IO layer and the library API that LAN software embeds.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lic_udp::AcquireError> {
+//! use lic_udp::{Client, Serial, SeatStatus};
+//!
+//! let serial = Serial::parse("0123-456-789").expect("ten digits");
+//! let client = Client::new("192.0.2.10:7301".parse().expect("address"));
+//! let seat = client.acquire(&serial).await?;
+//! let mut status = seat.status();
+//! // ... run the licensed work; watch `status` to learn of a lost or regained seat ...
+//! if *status.borrow_and_update() == SeatStatus::Held { /* all good */ }
+//! seat.release().await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Client::acquire`] runs the handshake and returns a [`Seat`] once the server granted one.
+//! A background task then heartbeats, regains the seat after a server restart or an outage, and
+//! reports every change on a watch channel. Dropping the `Seat` releases it too.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::proto::client::{ClientConfig, ClientCore, Event};
+use crate::proto::keys::{derive_license_keys, KdfError, KdfParams, LicenseKeys, Serial};
+use crate::proto::wire::DenyReason;
+
+/// Keys derived from a serial for one server (its salt and Argon2 parameters). Computing them
+/// is the slow step; keep them to make later acquisitions instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedKeys {
+    pub server_salt: [u8; 16],
+    pub params: KdfParams,
+    pub keys: LicenseKeys,
+}
+
+/// Why no seat was granted. Each variant maps to one `lic-udp verify` exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("all {seats} seats of this license are in use; try again later")]
+    Full { used: u16, seats: u16, retry_after: Duration },
+    #[error("the server is busy or recovering; try again in {}s", retry_after.as_secs().max(1))]
+    Busy { retry_after: Duration },
+    #[error("the server cannot record new seats right now (its disk may be full); try again later")]
+    Unavailable { retry_after: Duration },
+    #[error("this license has been revoked")]
+    Revoked,
+    #[error("this license has expired")]
+    Expired,
+    #[error("the server does not know this license: check the serial")]
+    UnknownLicense,
+    #[error("no answer from the license server at {0} (is it running, and is UDP allowed through?)")]
+    Unreachable(SocketAddr),
+    #[error("the server sent key-derivation parameters this client refuses: {0}")]
+    Kdf(#[from] KdfError),
+    #[error("network error talking to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What a held seat is doing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatStatus {
+    /// Granted and renewed by heartbeats.
+    Held,
+    /// No acknowledgement for a whole lease TTL: the server may have given the seat away. The
+    /// seat keeps trying to regain it and goes back to `Held` if it does.
+    Lost,
+    /// The license was revoked or expired (final).
+    Ended(DenyReason),
+    /// Given back (final).
+    Released,
+}
+
+/// What the server said when it granted the seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantInfo {
+    pub lease_id: u64,
+    pub used: u16,
+    pub seats: u16,
+    pub ttl: Duration,
+    pub heartbeat: Duration,
+}
+
+/// A handle to the license server. Cheap to clone; clones share the key cache.
+#[derive(Clone)]
+pub struct Client {
+    server: SocketAddr,
+    config: ClientConfig,
+    cache: Arc<Mutex<Option<CachedKeys>>>,
+    acquire_timeout: Option<Duration>,
+}
+
+impl Client {
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            config: ClientConfig::default(),
+            cache: Arc::new(Mutex::new(None)),
+            acquire_timeout: None,
+        }
+    }
+
+    /// Overrides the retransmission timers (proto-spec.md §6).
+    pub fn with_config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts from keys derived earlier (an activation file), so no Argon2 run is needed.
+    pub fn with_cached_keys(self, keys: CachedKeys) -> Self {
+        if let Ok(mut c) = self.cache.lock() {
+            *c = Some(keys);
+        }
+        self
+    }
+
+    /// Gives up a first acquisition after `d` even if the retransmission schedule is not over.
+    pub fn with_acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = Some(d);
+        self
+    }
+
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The keys derived so far, for saving in an activation file.
+    pub fn cached_keys(&self) -> Option<CachedKeys> {
+        self.cache.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Proves knowledge of `serial` and takes a seat. The slow key derivation runs at most once
+    /// per `Client` (and never with cached keys).
+    pub async fn acquire(&self, serial: &Serial) -> Result<Seat, AcquireError> {
+        let io = |source| AcquireError::Io { addr: self.server, source };
+        let bind: SocketAddr = if self.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .map_err(|_| io(std::io::Error::other("bad bind address")))?;
+        let socket = UdpSocket::bind(bind).await.map_err(io)?;
+        socket.connect(self.server).await.map_err(io)?;
+
+        let mut instance_id = [0u8; 16];
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut instance_id);
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let mut core = ClientCore::new(self.config.clone(), instance_id, seed, Instant::now());
+        if let Some(c) = self.cached_keys() {
+            core = core.with_cached_keys(c.server_salt, c.params, c.keys);
+        }
+
+        let (granted_tx, granted_rx) = oneshot::channel();
+        let (status_tx, status_rx) = watch::channel(SeatStatus::Held);
+        let (cmd_tx, cmd_rx) = mpsc::channel(1);
+        let driver = Driver {
+            socket,
+            core,
+            serial: serial.clone(),
+            server: self.server,
+            cache: self.cache.clone(),
+            granted: Some(granted_tx),
+            status: status_tx,
+            commands: cmd_rx,
+        };
+        let task = tokio::spawn(driver.run());
+        let outcome = match self.acquire_timeout {
+            Some(d) => tokio::time::timeout(d, granted_rx)
+                .await
+                .unwrap_or(Ok(Err(AcquireError::Unreachable(self.server)))),
+            None => granted_rx.await,
+        };
+        match outcome {
+            Ok(Ok(info)) => Ok(Seat { info, status: status_rx, commands: Some(cmd_tx), task: Some(task) }),
+            Ok(Err(e)) => {
+                task.abort();
+                Err(e)
+            }
+            Err(_) => {
+                task.abort();
+                Err(AcquireError::Unreachable(self.server))
+            }
+        }
+    }
+}
+
+enum Command {
+    Release(oneshot::Sender<()>),
+}
+
+/// A seat held by this process. Heartbeats run in the background until it is released or
+/// dropped.
+pub struct Seat {
+    info: GrantInfo,
+    status: watch::Receiver<SeatStatus>,
+    commands: Option<mpsc::Sender<Command>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Seat {
+    pub fn info(&self) -> GrantInfo {
+        self.info
+    }
+
+    /// Changes of the seat's state: `Held` → `Lost` → `Held` … → `Released` or `Ended`.
+    pub fn status(&self) -> watch::Receiver<SeatStatus> {
+        self.status.clone()
+    }
+
+    /// Gives the seat back and waits (at most a few retransmissions) for the server to confirm.
+    pub async fn release(mut self) {
+        if let Some(tx) = self.commands.take() {
+            let (done_tx, done_rx) = oneshot::channel();
+            if tx.send(Command::Release(done_tx)).await.is_ok() {
+                let _ = done_rx.await;
+            }
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Seat {
+    /// Dropping the command channel tells the background task to release the seat; it finishes
+    /// on its own as long as the runtime lives.
+    fn drop(&mut self) {
+        self.commands.take();
+    }
+}
+
+struct Driver {
+    socket: UdpSocket,
+    core: ClientCore,
+    serial: Serial,
+    server: SocketAddr,
+    cache: Arc<Mutex<Option<CachedKeys>>>,
+    granted: Option<oneshot::Sender<Result<GrantInfo, AcquireError>>>,
+    status: watch::Sender<SeatStatus>,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// The answer of a background Argon2 run: its public inputs and the keys.
+type KeyJob = oneshot::Receiver<([u8; 16], KdfParams, Result<LicenseKeys, KdfError>)>;
+
+impl Driver {
+    async fn run(mut self) {
+        let mut buf = [0u8; 2048];
+        let mut kdf: Option<KeyJob> = None;
+        let mut release_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut commands_open = true;
+        loop {
+            while let Some(n) = self.core.poll_transmit(&mut buf) {
+                // A refused send (no server yet) is like a lost datagram: the timers retry.
+                let _ = self.socket.send(&buf[..n]).await;
+            }
+            while let Some(ev) = self.core.poll_event() {
+                if let Some(job) = self.on_event(ev) {
+                    kdf = Some(job);
+                }
+            }
+            if self.core.is_done() {
+                break;
+            }
+            let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                r = self.socket.recv(&mut buf) => {
+                    if let Ok(n) = r {
+                        self.core.handle_datagram(Instant::now(), &buf[..n]);
+                    }
+                }
+                _ = sleep_until(deadline) => self.core.handle_timeout(Instant::now()),
+                done = wait_job(&mut kdf) => {
+                    kdf = None;
+                    if let Ok((server_salt, params, result)) = done {
+                        match result {
+                            Ok(keys) => {
+                                if let Ok(mut c) = self.cache.lock() {
+                                    *c = Some(CachedKeys { server_salt, params, keys: keys.clone() });
+                                }
+                                self.core.set_keys(Instant::now(), server_salt, params, keys);
+                            }
+                            Err(e) => {
+                                self.fail(AcquireError::Kdf(e));
+                                break;
+                            }
+                        }
+                    }
+                }
+                cmd = self.commands.recv(), if commands_open => {
+                    match cmd {
+                        Some(Command::Release(done)) => release_waiters.push(done),
+                        None => commands_open = false,
+                    }
+                    self.core.release(Instant::now());
+                }
+            }
+        }
+        for w in release_waiters {
+            let _ = w.send(());
+        }
+    }
+
+    /// Publishes only real changes, so watchers see each transition once.
+    fn set_status(&self, new: SeatStatus) {
+        self.status.send_if_modified(|s| {
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+    }
+
+    fn fail(&mut self, e: AcquireError) {
+        if let Some(tx) = self.granted.take() {
+            let _ = tx.send(Err(e));
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<KeyJob> {
+        match ev {
+            Event::NeedKeys { server_salt, params } => {
+                let (tx, rx) = oneshot::channel();
+                let serial = self.serial.clone();
+                tokio::task::spawn_blocking(move || {
+                    let keys = derive_license_keys(&serial, &server_salt, params);
+                    let _ = tx.send((server_salt, params, keys));
+                });
+                return Some(rx);
+            }
+            Event::Granted { lease_id, used, seats, ttl, heartbeat } => {
+                if let Some(tx) = self.granted.take() {
+                    let _ = tx.send(Ok(GrantInfo { lease_id, used, seats, ttl, heartbeat }));
+                }
+                self.set_status(SeatStatus::Held);
+            }
+            Event::Denied { reason, used, seats, retry_after } => self.fail(match reason {
+                DenyReason::Full => AcquireError::Full { used, seats, retry_after },
+                DenyReason::Busy => AcquireError::Busy { retry_after },
+                DenyReason::Unavailable => AcquireError::Unavailable { retry_after },
+                DenyReason::Revoked => AcquireError::Revoked,
+                DenyReason::Expired => AcquireError::Expired,
+            }),
+            Event::UnknownLicense => self.fail(AcquireError::UnknownLicense),
+            Event::Unreachable => {
+                let server = self.server;
+                self.fail(AcquireError::Unreachable(server));
+                if self.granted.is_none() && self.core.lease_id().is_some() {
+                    tracing::warn!("license server {server} is not answering; still trying");
+                }
+            }
+            Event::Lost => {
+                self.set_status(SeatStatus::Lost);
+            }
+            Event::Regained => {
+                self.set_status(SeatStatus::Held);
+            }
+            Event::Ended(reason) => {
+                self.set_status(SeatStatus::Ended(reason));
+            }
+            Event::Released => {
+                self.set_status(SeatStatus::Released);
+            }
+        }
+        None
+    }
+}
+
+async fn wait_job(
+    job: &mut Option<KeyJob>,
+) -> Result<([u8; 16], KdfParams, Result<LicenseKeys, KdfError>), oneshot::error::RecvError> {
+    match job.as_mut() {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,227 @@
+//! The server's IO layer: one UDP socket, the store, the clock and the OS RNG around
+//! [`ServerCore`]. Everything protocol-shaped lives in the core; this file only moves bytes,
+//! commits the grant journal before gated replies leave, and reloads licenses when the store
+//! changes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use tokio::net::UdpSocket;
+
+use crate::proto::server::{JournalOp, Reply, ServerConfig, ServerCore};
+use crate::proto::wire::MAX_DATAGRAM;
+use crate::store::{Store, StoreError};
+
+/// The documented default port (proto-spec.md §1).
+pub const DEFAULT_PORT: u16 = 7301;
+
+/// How many datagrams one wakeup handles before committing their grants together.
+const BATCH: usize = 64;
+/// How often the server sweeps expired leases, flushes removals and checks the store.
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    pub ttl_override: Option<Duration>,
+    pub heartbeat_override: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("UDP socket error: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("the store worker stopped unexpectedly")]
+    Worker,
+}
+
+/// A server bound to its socket, with its store loaded, not yet serving.
+pub struct Server {
+    socket: UdpSocket,
+    core: Arc<ServerCore>,
+    store: Arc<Mutex<Store>>,
+    data_version: i64,
+}
+
+/// What the start-up log line reports.
+#[derive(Clone, Debug)]
+pub struct StartInfo {
+    pub addr: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+    pub licenses: usize,
+    pub restored_leases: usize,
+    pub epoch: u32,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Server {
+    /// Opens the store, persists the next boot epoch and restores recorded leases, all before
+    /// the first datagram is read: restored seats count from the start (proto-spec.md §7).
+    pub fn new(
+        socket: UdpSocket,
+        mut store: Store,
+        opts: ServeOptions,
+    ) -> Result<(Self, StartInfo), ServeError> {
+        let epoch = store.bump_epoch()?;
+        let licenses = store.licenses()?;
+        let restored = store.leases()?;
+        let data_version = store.data_version()?;
+        let cfg = ServerConfig {
+            server_salt: store.server_salt(),
+            kdf: store.kdf(),
+            epoch,
+            ttl_override: opts.ttl_override,
+            heartbeat_override: opts.heartbeat_override,
+        };
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let info = StartInfo {
+            addr: socket.local_addr().map_err(ServeError::Socket)?,
+            data_dir: store.dir().to_path_buf(),
+            licenses: licenses.len(),
+            restored_leases: restored.len(),
+            epoch,
+        };
+        let records = licenses.iter().map(|l| l.record()).collect();
+        let core = ServerCore::new(cfg, records, restored, Instant::now(), seed);
+        Ok((Self { socket, core: Arc::new(core), store: Arc::new(Mutex::new(store)), data_version }, info))
+    }
+
+    pub fn core(&self) -> Arc<ServerCore> {
+        self.core.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then commits what is pending and returns.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; 2048];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gated: Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.socket.recv_from(&mut buf) => {
+                    match r {
+                        Ok((n, src)) => self.on_datagram(&buf, n, src, &mut gated).await,
+                        // ICMP errors for earlier sends surface here on some systems; they say
+                        // nothing about this socket's health.
+                        Err(e) => tracing::debug!("recv error: {e}"),
+                    }
+                    // Drain what is already queued so that grants share one commit.
+                    for _ in 1..BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, src)) => self.on_datagram(&buf, n, src, &mut gated).await,
+                            Err(_) => break,
+                        }
+                    }
+                    if !gated.is_empty() {
+                        self.commit_and_send(&mut gated).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.core.handle_timeout(Instant::now());
+                    if self.core.has_pending_journal() {
+                        self.commit_and_send(&mut gated).await?;
+                    }
+                    self.reload_if_changed().await?;
+                }
+            }
+        }
+        if self.core.has_pending_journal() {
+            self.commit_and_send(&mut gated).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_datagram(
+        &self,
+        buf: &[u8],
+        n: usize,
+        src: SocketAddr,
+        gated: &mut Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)>,
+    ) {
+        let mut out = [0u8; MAX_DATAGRAM];
+        let datagram = buf.get(..n).unwrap_or_default();
+        match self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out) {
+            Reply::None => {}
+            Reply::Send(k) => {
+                if let Err(e) = self.socket.send_to(&out[..k], src).await {
+                    tracing::debug!("send to {src} failed: {e}");
+                }
+            }
+            Reply::AfterCommit(k) => gated.push((src, out, k)),
+        }
+    }
+
+    /// Commits the journal, then sends the replies that waited for it (proto-spec.md §7). If
+    /// the store refuses, the grants are undone and their replies dropped: a seat that is not
+    /// recorded is never handed out.
+    async fn commit_and_send(
+        &self,
+        gated: &mut Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)>,
+    ) -> Result<(), ServeError> {
+        let ops = self.core.drain_journal();
+        let result = if ops.is_empty() { Ok(()) } else { self.apply(ops.clone()).await? };
+        match result {
+            Ok(()) => {
+                self.core.committed(&ops);
+                for (dst, out, k) in gated.drain(..) {
+                    if let Err(e) = self.socket.send_to(&out[..k], dst).await {
+                        tracing::debug!("send to {dst} failed: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot record grants, refusing them until the store works again: {e}");
+                self.core.commit_failed(&ops);
+                gated.clear();
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, ops: Vec<JournalOp>) -> Result<Result<(), StoreError>, ServeError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || match store.lock() {
+            Ok(mut s) => s.apply(&ops),
+            Err(_) => Err(StoreError::Poisoned),
+        })
+        .await
+        .map_err(|_| ServeError::Worker)
+    }
+
+    /// Picks up licenses issued or revoked by other processes (`lic-udp issue`, `revoke`).
+    async fn reload_if_changed(&mut self) -> Result<(), ServeError> {
+        let store = self.store.clone();
+        let seen = self.data_version;
+        let fresh = tokio::task::spawn_blocking(move || -> Result<Option<(i64, Vec<_>)>, StoreError> {
+            let s = store.lock().map_err(|_| StoreError::Poisoned)?;
+            let v = s.data_version()?;
+            if v == seen {
+                return Ok(None);
+            }
+            Ok(Some((v, s.licenses()?)))
+        })
+        .await
+        .map_err(|_| ServeError::Worker)?;
+        match fresh {
+            Ok(Some((v, licenses))) => {
+                self.data_version = v;
+                let n = licenses.len();
+                self.core.sync_licenses(licenses.iter().map(|l| l.record()).collect());
+                tracing::info!("store changed: {n} licenses loaded");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot reread licenses: {e}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,484 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::config::FILE_NAME;
+
+const TEST_KDF_TOML: &str = "[kdf]\nm_kib = 1024\nt = 1\np = 1\n";
+
+/// A data dir with the weak test KDF, so Argon2 (serials and passwords) is fast.
+fn test_dir() -> TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    fs::write(d.path().join(FILE_NAME), TEST_KDF_TOML).expect("write config");
+    d
+}
+
+fn open(d: &TempDir) -> Store {
+    Store::open(d.path()).expect("open")
+}
+
+fn raw(d: &Path) -> Connection {
+    Connection::open(d.join(DB_FILE)).expect("raw open")
+}
+
+/// The main file and its WAL: a committed row may still be only in the WAL.
+fn db_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        if let Ok(b) = fs::read(dir.join(format!("{DB_FILE}{suffix}"))) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn team() -> LicenseType {
+    SiteConfig::default().get("team").expect("team").clone()
+}
+
+fn lease(lease_id: u64, license: i64, inst: u8, addr: &str) -> RestoredLease {
+    RestoredLease {
+        lease_id,
+        license,
+        instance_id: [inst; 16],
+        addr: addr.parse().expect("addr"),
+        since_unix: 1_700_000_000,
+    }
+}
+
+#[test]
+fn create_then_reopen_keeps_salt_kdf_epoch() {
+    let d = test_dir();
+    let s = open(&d);
+    assert_eq!(s.kdf(), KdfParams::TEST);
+    assert_eq!(s.epoch().expect("epoch"), 0);
+    assert_eq!(s.dir(), d.path());
+    assert_eq!(s.site().kdf, Some(KdfParams::TEST));
+    let salt = s.server_salt();
+    assert_ne!(salt, [0u8; 16]);
+    drop(s);
+    // A later [kdf] does not change what the data dir was created with.
+    fs::remove_file(d.path().join(FILE_NAME)).expect("rm config");
+    let s = open(&d);
+    assert_eq!(s.server_salt(), salt);
+    assert_eq!(s.kdf(), KdfParams::TEST);
+    assert_eq!(s.epoch().expect("epoch"), 0);
+    let s2 = Store::open_existing(d.path()).expect("open_existing");
+    assert_eq!(s2.server_salt(), salt);
+}
+
+#[test]
+fn salts_differ_between_data_dirs() {
+    let (a, b) = (test_dir(), test_dir());
+    assert_ne!(open(&a).server_salt(), open(&b).server_salt());
+}
+
+#[test]
+fn new_data_dir_defaults_to_shipped_kdf() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&d.path().join("a/b")).expect("open");
+    assert_eq!(s.kdf(), KdfParams::SHIPPED);
+    let p = password_params(s.kdf()).expect("params");
+    assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (65536, 3, 1));
+}
+
+#[cfg(unix)]
+#[test]
+fn data_dir_0700_and_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().expect("tempdir");
+    let dir = d.path().join("data");
+    let mut s = Store::open(&dir).expect("open");
+    s.bump_epoch().expect("write something");
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+    for suffix in ["-wal", "-shm"] {
+        let p = dir.join(format!("{DB_FILE}{suffix}"));
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+}
+
+#[test]
+fn wal_mode_is_set() {
+    let d = test_dir();
+    let _s = open(&d);
+    let mode: String = raw(d.path()).query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn bump_epoch_persists() {
+    let d = test_dir();
+    let mut s = open(&d);
+    assert_eq!(s.bump_epoch().expect("bump"), 1);
+    assert_eq!(s.bump_epoch().expect("bump"), 2);
+    drop(s);
+    let mut s = open(&d);
+    assert_eq!(s.epoch().expect("epoch"), 2);
+    assert_eq!(s.bump_epoch().expect("bump"), 3);
+}
+
+#[test]
+fn epoch_stops_at_u32_max() {
+    let d = test_dir();
+    let mut s = open(&d);
+    raw(d.path())
+        .execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", [i64::from(u32::MAX)])
+        .expect("set epoch");
+    assert!(matches!(s.bump_epoch(), Err(StoreError::EpochExhausted)));
+    assert_eq!(s.epoch().expect("epoch"), u32::MAX);
+}
+
+#[test]
+fn users_add_and_check() {
+    let d = test_dir();
+    let mut s = open(&d);
+    assert_eq!(s.user_count().expect("count"), 0);
+    s.add_user("alice", "correct horse", true).expect("add");
+    s.add_user("bob.b-2_", "x", false).expect("add");
+    assert_eq!(s.user_count().expect("count"), 2);
+    assert!(matches!(
+        s.add_user("alice", "other", false),
+        Err(StoreError::UserExists { name }) if name == "alice"
+    ));
+    s.check_user("alice", "correct horse").expect("check");
+    assert!(matches!(
+        s.check_user("alice", "wrong"),
+        Err(StoreError::WrongPassword { name }) if name == "alice"
+    ));
+    assert!(matches!(
+        s.check_user("carol", "correct horse"),
+        Err(StoreError::NoSuchUser { name }) if name == "carol"
+    ));
+    assert!(s.is_admin("alice").expect("admin"));
+    assert!(!s.is_admin("bob.b-2_").expect("admin"));
+    assert!(matches!(s.is_admin("carol"), Err(StoreError::NoSuchUser { .. })));
+}
+
+#[test]
+fn user_names_are_checked() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let long = "a".repeat(65);
+    for bad in ["", "a b", "é", "a/b", long.as_str()] {
+        assert!(matches!(s.add_user(bad, "pw", false), Err(StoreError::BadUserName { .. })), "{bad:?}");
+    }
+    s.add_user(&"a".repeat(64), "pw", false).expect("64 chars");
+    assert!(matches!(s.add_user("dave", "", false), Err(StoreError::EmptyPassword)));
+}
+
+#[test]
+fn passwords_are_argon2id_phc_and_never_plain() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let password = "Plaintext-Marker-7f3a91";
+    s.add_user("alice", password, false).expect("add");
+    let phc: String =
+        raw(d.path()).query_row("SELECT phc FROM users WHERE name = 'alice'", [], |r| r.get(0)).expect("phc");
+    assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
+    assert!(phc.contains("m=1024,t=1,p=1"), "{phc}");
+    assert!(!contains(&db_bytes(d.path()), password.as_bytes()));
+}
+
+#[test]
+fn add_user_with_explicit_params() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let p = argon2::Params::new(256, 1, 1, None).expect("params");
+    s.add_user_with_params("fast", "pw", false, p).expect("add");
+    s.check_user("fast", "pw").expect("check");
+    assert!(matches!(s.check_user("fast", "pW"), Err(StoreError::WrongPassword { .. })));
+}
+
+#[test]
+fn issue_stores_keys_not_serial() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let now = 1_700_000_000;
+    let (id, serial) = s.issue("alice", &team(), None, now).expect("issue");
+    let digits = serial.as_str().to_owned();
+    assert_eq!(digits.len(), 10);
+    assert!(digits.bytes().all(|b| b.is_ascii_digit()));
+    assert!(!contains(&db_bytes(d.path()), digits.as_bytes()));
+
+    let rows = s.licenses().expect("licenses");
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.id, id);
+    assert_eq!(row.owner, "alice");
+    assert_eq!(row.type_name, "team");
+    assert_eq!(row.seats, 5);
+    assert_eq!(row.created_unix, now);
+    assert_eq!(row.expires_unix, None);
+    assert_eq!(row.revoked_unix, None);
+    assert_eq!(row.ttl, Duration::from_secs(60));
+    assert_eq!(row.heartbeat, Duration::from_secs(15));
+    let keys = derive_license_keys(&serial, &s.server_salt(), s.kdf()).expect("derive");
+    assert_eq!(row.keys, keys);
+
+    let rec = row.record();
+    assert_eq!(rec.id, id);
+    assert_eq!(rec.keys, keys);
+    assert_eq!(rec.seats, 5);
+    assert!(!rec.revoked);
+    assert_eq!(rec.ttl, Duration::from_secs(60));
+}
+
+#[test]
+fn issue_applies_validity_and_seat_override() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let trial = s.site().get("trial").expect("trial").clone();
+    let now = 1_000;
+    let (a, _) = s.issue("alice", &trial, None, now).expect("issue");
+    let (b, _) = s.issue("alice", &team(), Some(42), now).expect("issue");
+    assert!(b > a);
+    let rows = s.licenses().expect("licenses");
+    assert_eq!(rows[0].expires_unix, Some(now + 30 * 86400));
+    assert_eq!(rows[1].seats, 42);
+    assert!(matches!(s.issue("alice", &team(), Some(0), now), Err(StoreError::BadSeats { seats: 0 })));
+    assert!(matches!(s.issue("alice", &trial, None, u64::MAX - 10), Err(StoreError::OutOfRange { .. })));
+    assert_eq!(s.licenses().expect("licenses").len(), 2);
+}
+
+#[test]
+fn revoke_checks_owner_and_state() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let (id, _) = s.issue("alice", &team(), None, 10).expect("issue");
+    assert!(matches!(
+        s.revoke(id, "mallory", 20),
+        Err(StoreError::NotOwner { id: i, user }) if i == id && user == "mallory"
+    ));
+    assert!(matches!(
+        s.revoke(id + 100, "alice", 20),
+        Err(StoreError::NoSuchLicense { id: i }) if i == id + 100
+    ));
+    assert!(s.licenses().expect("licenses")[0].revoked_unix.is_none());
+    s.revoke(id, "alice", 20).expect("revoke");
+    let row = &s.licenses().expect("licenses")[0];
+    assert_eq!(row.revoked_unix, Some(20));
+    assert!(row.record().revoked);
+    assert!(matches!(
+        s.revoke(id, "alice", 30),
+        Err(StoreError::AlreadyRevoked { id: i }) if i == id
+    ));
+}
+
+#[test]
+fn journal_round_trips_through_leases() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let a = lease(1, 7, 0xa1, "192.0.2.1:40000");
+    let b = lease(u64::MAX, 7, 0xb2, "[2001:db8::1]:50000");
+    let c = lease(0x8000_0000_0000_0001, 8, 0xc3, "[fe80::1%3]:1234");
+    s.apply(&[
+        JournalOp::Grant(a.clone()),
+        JournalOp::Grant(b.clone()),
+        JournalOp::Grant(c.clone()),
+        JournalOp::Remove { lease_id: 1 },
+        JournalOp::Remove { lease_id: 999 },
+    ])
+    .expect("apply");
+    let mut got = s.leases().expect("leases");
+    got.sort_by_key(|l| l.lease_id);
+    let mut want = vec![b.clone(), c.clone()];
+    want.sort_by_key(|l| l.lease_id);
+    assert_eq!(got, want);
+
+    // Re-granting the same lease id replaces its row (a retransmitted commit is harmless).
+    let mut b2 = b.clone();
+    b2.addr = "192.0.2.9:4000".parse::<SocketAddr>().expect("addr");
+    s.apply(&[JournalOp::Grant(b2.clone())]).expect("apply");
+    // One instance holds one seat of a license: a newer lease replaces an unremoved older one.
+    let c2 = RestoredLease { lease_id: 77, ..c.clone() };
+    s.apply(&[JournalOp::Grant(c2.clone())]).expect("apply");
+    drop(s);
+    let s = open(&d);
+    let mut got = s.leases().expect("leases");
+    got.sort_by_key(|l| l.lease_id);
+    assert_eq!(got, vec![c2, b2]);
+}
+
+#[test]
+fn empty_journal_writes_nothing() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let watcher = open(&d);
+    let v = watcher.data_version().expect("version");
+    s.apply(&[]).expect("apply");
+    assert_eq!(watcher.data_version().expect("version"), v);
+}
+
+#[test]
+fn data_version_sees_other_connections() {
+    let d = test_dir();
+    let server = open(&d);
+    let mut cli = open(&d);
+    let v0 = server.data_version().expect("version");
+    assert_eq!(server.data_version().expect("version"), v0);
+    cli.issue("alice", &team(), None, 1).expect("issue");
+    let v1 = server.data_version().expect("version");
+    assert_ne!(v1, v0);
+    assert_eq!(server.licenses().expect("licenses").len(), 1);
+}
+
+#[test]
+fn open_existing_never_creates() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let missing = d.path().join("nope");
+    assert!(matches!(
+        Store::open_existing(&missing),
+        Err(StoreError::NoDataDir { dir }) if dir == missing
+    ));
+    assert!(!missing.exists());
+    // A dir without a database, e.g. one holding only the site file.
+    let e = Store::open_existing(d.path()).expect_err("no db");
+    assert!(matches!(e, StoreError::NoDataDir { .. }));
+    assert!(e.to_string().contains(&d.path().display().to_string()));
+    assert!(!d.path().join(DB_FILE).exists());
+    // An empty db file (a creation interrupted before its first commit) is not a store either.
+    fs::write(d.path().join(DB_FILE), b"").expect("touch");
+    assert!(matches!(Store::open_existing(d.path()), Err(StoreError::NoDataDir { .. })));
+    fs::write(d.path().join(FILE_NAME), TEST_KDF_TOML).expect("config");
+    Store::open(d.path()).expect("open completes the interrupted creation");
+    Store::open_existing(d.path()).expect("now it exists");
+}
+
+fn assert_untouched(dir: &Path, before: &[u8]) {
+    assert_eq!(fs::read(dir.join(DB_FILE)).expect("still there"), before);
+    assert!(!dir.join(format!("{DB_FILE}-wal")).exists());
+    assert!(!dir.join(format!("{DB_FILE}-shm")).exists());
+}
+
+#[test]
+fn garbage_db_is_refused_and_left_alone() {
+    let d = test_dir();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(d.path().join(DB_FILE), &garbage).expect("write");
+    for r in [Store::open(d.path()), Store::open_existing(d.path())] {
+        let e = r.expect_err("garbage");
+        assert!(matches!(e, StoreError::NotLicUdp { .. }), "{e}");
+        assert!(e.to_string().contains(DB_FILE), "{e}");
+    }
+    assert_untouched(d.path(), &garbage);
+}
+
+#[test]
+fn truncated_sqlite_header_is_refused() {
+    let d = test_dir();
+    fs::write(d.path().join(DB_FILE), b"SQLite").expect("write");
+    assert!(matches!(Store::open(d.path()), Err(StoreError::NotLicUdp { .. })));
+    assert_untouched(d.path(), b"SQLite");
+}
+
+#[test]
+fn foreign_sqlite_db_is_refused_and_left_alone() {
+    let d = test_dir();
+    let path = d.path().join(DB_FILE);
+    {
+        let c = Connection::open(&path).expect("create");
+        c.execute_batch("CREATE TABLE photos (id INTEGER); INSERT INTO photos VALUES (1);").expect("fill");
+    }
+    let before = fs::read(&path).expect("read");
+    let e = Store::open(d.path()).expect_err("foreign");
+    assert!(matches!(e, StoreError::NotLicUdp { .. }), "{e}");
+    assert_untouched(d.path(), &before);
+}
+
+#[test]
+fn newer_schema_is_refused_and_kept() {
+    let d = test_dir();
+    let mut s = open(&d);
+    s.issue("alice", &team(), None, 1).expect("issue");
+    drop(s);
+    raw(d.path()).execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'", []).expect("bump schema");
+    let e = Store::open(d.path()).expect_err("newer");
+    assert!(matches!(e, StoreError::UnknownSchema { found: 2, supported: 1, .. }), "{e}");
+    let n: i64 = raw(d.path()).query_row("SELECT count(*) FROM licenses", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn damaged_rows_are_errors_not_panics() {
+    let d = test_dir();
+    let mut s = open(&d);
+    s.issue("alice", &team(), None, 1).expect("issue");
+    s.apply(&[JournalOp::Grant(lease(5, 1, 1, "192.0.2.1:4000"))]).expect("apply");
+    let c = raw(d.path());
+    c.execute("UPDATE leases SET addr = 'not an address'", []).expect("damage addr");
+    assert!(matches!(s.leases(), Err(StoreError::Corrupt { .. })));
+    c.execute("UPDATE leases SET addr = '192.0.2.1:4000', since = -5", []).expect("damage since");
+    assert!(matches!(s.leases(), Err(StoreError::Corrupt { .. })));
+
+    // The CHECKs stop honest writers; a damaged or hand-edited file can still get past them.
+    c.execute_batch("PRAGMA ignore_check_constraints = ON; UPDATE licenses SET k_proof = x'00';")
+        .expect("damage key");
+    let e = s.licenses().expect_err("short key");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("k_proof has 1 bytes, expected 32"), "{e}");
+    c.execute_batch("UPDATE licenses SET k_proof = zeroblob(32), seats = 70000;").expect("damage seats");
+    assert!(matches!(s.licenses(), Err(StoreError::Corrupt { .. })));
+    c.execute_batch("UPDATE licenses SET seats = 3, ttl_ms = 'long';")
+        .expect_err("STRICT refuses text in an integer column");
+
+    c.execute("UPDATE meta SET value = x'0102' WHERE key = 'server_salt'", []).expect("damage salt");
+    drop(s);
+    let e = Store::open(d.path()).expect_err("short salt");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn broken_site_file_stops_creation() {
+    let d = tempfile::tempdir().expect("tempdir");
+    fs::write(d.path().join(FILE_NAME), "[kdf]\nm_kib = 1\nt = 1\np = 1\n").expect("write");
+    let e = Store::open(d.path()).expect_err("bad kdf");
+    assert!(matches!(e, StoreError::Config(_)), "{e}");
+    assert!(e.to_string().contains(FILE_NAME), "{e}");
+    assert!(!d.path().join(DB_FILE).exists());
+}
+
+#[test]
+fn concurrent_first_opens_agree() {
+    let d = test_dir();
+    let dir: PathBuf = d.path().join("shared");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join(FILE_NAME), TEST_KDF_TOML).expect("config");
+    let salts: Vec<[u8; 16]> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| Store::open(&dir).map(|s| s.server_salt()))).collect();
+        hs.into_iter().map(|h| h.join().expect("thread").expect("open")).collect()
+    });
+    assert!(salts.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn server_and_cli_write_concurrently() {
+    let d = test_dir();
+    let mut server = open(&d);
+    let mut cli = open(&d);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 1..=100u64 {
+                server.apply(&[JournalOp::Grant(lease(i, 1, i as u8, "192.0.2.1:4000"))]).expect("apply");
+            }
+        });
+        sc.spawn(|| {
+            for _ in 0..20 {
+                cli.issue("alice", &team(), None, 1).expect("issue");
+            }
+        });
+    });
+    let s = open(&d);
+    assert_eq!(s.leases().expect("leases").len(), 100);
+    assert_eq!(s.licenses().expect("licenses").len(), 20);
+}
