@@ -231,7 +231,11 @@ fn status_shows_holders_but_never_a_serial_and_revoke_ends_the_license() {
     }
     assert_eq!(code(&last), 2, "{}", text(&last.stderr));
     assert!(text(&last.stderr).contains("revoked"));
-    let _ = child.kill();
+    // The holder hears of it at its next heartbeat (every 0.4 s): give it a few.
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGTERM reaches `sleep` too, so its end closes the stderr pipe we read.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
     let out = child.wait_with_output().expect("wait");
     assert!(text(&out.stderr).contains("ended"), "run reported the end: {}", text(&out.stderr));
     assert_eq!(status_json(dir.path())["licenses"][0]["state"], "revoked");

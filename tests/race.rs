@@ -44,7 +44,12 @@ fn proof_for(server: &ServerCore, serial: &Serial, i: u16, now: Instant) -> (Soc
     let Reply::Send(m) = server.handle(now, 0, src, &buf[..n], &mut out) else { panic!("challenge") };
     client.handle_datagram(now, &out[..m]);
     let Some(Event::NeedKeys { server_salt, params }) = client.poll_event() else { panic!("need keys") };
-    client.set_keys(now, server_salt, params, derive_license_keys(serial, &server_salt, params).expect("kdf"));
+    client.set_keys(
+        now,
+        server_salt,
+        params,
+        derive_license_keys(serial, &server_salt, params).expect("kdf"),
+    );
     let n = client.poll_transmit(&mut buf).expect("proof");
     (src, buf[..n].to_vec())
 }

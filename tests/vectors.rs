@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use lic_udp::proto::cookie::CookieJar;
 use lic_udp::proto::keys::{derive_license_keys, derive_session_keys, KdfParams, MacKey, Serial};
-use lic_udp::proto::wire::{self, Ack, Challenge, Cookie, Deny, Grant, Heartbeat, Hello, Message, Proof, Stale, Unknown};
+use lic_udp::proto::wire::{
+    self, Ack, Challenge, Cookie, Deny, Grant, Heartbeat, Hello, Message, Proof, Stale, Unknown,
+};
 
 fn seq<const N: usize>(start: u8) -> [u8; N] {
     std::array::from_fn(|i| start + i as u8)
@@ -35,7 +37,8 @@ fn vectors() -> Vec<(&'static str, String)> {
     let instance: [u8; 16] = seq(0x10);
     let nonce: [u8; 16] = seq(0x20);
     let cookie = Cookie { ts: 42, kid: 0, mac: seq(0x30) };
-    let session = derive_session_keys(&keys.k_auth, &nonce, &cookie, &keys.license_id, &instance, LEASE, EPOCH);
+    let session =
+        derive_session_keys(&keys.k_auth, &nonce, &cookie, &keys.license_id, &instance, LEASE, EPOCH);
     let deny_keys = derive_session_keys(&keys.k_auth, &nonce, &cookie, &keys.license_id, &instance, 0, EPOCH);
     let src: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     let jar = CookieJar::new(seq(0x40), 42);

@@ -45,25 +45,11 @@ impl Default for ClientConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Run Argon2 for these public inputs and call [`ClientCore::set_keys`].
-    NeedKeys {
-        server_salt: [u8; 16],
-        params: KdfParams,
-    },
+    NeedKeys { server_salt: [u8; 16], params: KdfParams },
     /// The first seat of this core.
-    Granted {
-        lease_id: u64,
-        used: u16,
-        seats: u16,
-        ttl: Duration,
-        heartbeat: Duration,
-    },
+    Granted { lease_id: u64, used: u16, seats: u16, ttl: Duration, heartbeat: Duration },
     /// First acquisition refused (final).
-    Denied {
-        reason: DenyReason,
-        used: u16,
-        seats: u16,
-        retry_after: Duration,
-    },
+    Denied { reason: DenyReason, used: u16, seats: u16, retry_after: Duration },
     /// The server does not know this license: the serial is wrong (final).
     UnknownLicense,
     /// No answer within the handshake schedule. Final for a first acquisition; after a grant it
@@ -184,12 +170,7 @@ impl ClientCore {
     }
 
     /// Keys derived earlier for these public inputs (an activation cache), used without asking.
-    pub fn with_cached_keys(
-        mut self,
-        server_salt: [u8; 16],
-        params: KdfParams,
-        keys: LicenseKeys,
-    ) -> Self {
+    pub fn with_cached_keys(mut self, server_salt: [u8; 16], params: KdfParams, keys: LicenseKeys) -> Self {
         self.keys = Some(((server_salt, params), keys));
         self
     }
@@ -227,13 +208,7 @@ impl ClientCore {
     }
 
     /// Answers [`Event::NeedKeys`].
-    pub fn set_keys(
-        &mut self,
-        now: Instant,
-        server_salt: [u8; 16],
-        params: KdfParams,
-        keys: LicenseKeys,
-    ) {
+    pub fn set_keys(&mut self, now: Instant, server_salt: [u8; 16], params: KdfParams, keys: LicenseKeys) {
         self.keys = Some(((server_salt, params), keys));
         if let Phase::WaitKeys { challenge, at } = self.phase {
             if now.saturating_duration_since(at) >= self.cfg.cookie_reuse {
@@ -285,11 +260,7 @@ impl ClientCore {
 
     fn start_hello(&mut self, now: Instant) {
         let nonce: [u8; 16] = self.rng.gen();
-        self.phase = Phase::Hello {
-            nonce,
-            sends: 0,
-            rto: self.cfg.rto_initial,
-        };
+        self.phase = Phase::Hello { nonce, sends: 0, rto: self.cfg.rto_initial };
         self.send_hello(now);
     }
 
@@ -299,12 +270,7 @@ impl ClientCore {
         };
         *sends += 1;
         let (nonce, rto) = (*nonce, *rto);
-        self.queue(
-            &Message::Hello(Hello {
-                client_nonce: nonce,
-            }),
-            None,
-        );
+        self.queue(&Message::Hello(Hello { client_nonce: nonce }), None);
         let wait = self.jitter(rto, 0.2);
         self.timers.set(Timer::Phase, now + wait);
     }
@@ -323,19 +289,12 @@ impl ClientCore {
     }
 
     fn on_challenge_ready(&mut self, now: Instant, ch: Challenge, at: Instant) {
-        let params = KdfParams {
-            m_kib: ch.kdf_m_kib,
-            t: ch.kdf_t,
-            p: ch.kdf_p,
-        };
+        let params = KdfParams { m_kib: ch.kdf_m_kib, t: ch.kdf_t, p: ch.kdf_p };
         let cached = matches!(&self.keys, Some((inputs, _)) if *inputs == (ch.server_salt, params));
         if !cached {
             self.phase = Phase::WaitKeys { challenge: ch, at };
             self.timers.stop(Timer::Phase);
-            self.events.push_back(Event::NeedKeys {
-                server_salt: ch.server_salt,
-                params,
-            });
+            self.events.push_back(Event::NeedKeys { server_salt: ch.server_salt, params });
             return;
         }
         self.phase = Phase::Proof {
@@ -350,14 +309,7 @@ impl ClientCore {
     }
 
     fn send_proof(&mut self, now: Instant) {
-        let Phase::Proof {
-            nonce,
-            cookie,
-            sends,
-            rto,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Proof { nonce, cookie, sends, rto, .. } = &mut self.phase else {
             return;
         };
         let Some((_, keys)) = &self.keys else { return };
@@ -387,12 +339,7 @@ impl ClientCore {
             s.sent.pop_front();
         }
         s.awaiting_ack = true;
-        let msg = Message::Heartbeat(Heartbeat {
-            lease_id: s.lease_id,
-            epoch: s.epoch,
-            seq,
-            flags,
-        });
+        let msg = Message::Heartbeat(Heartbeat { lease_id: s.lease_id, epoch: s.epoch, seq, flags });
         let key = s.keys.c2s.clone();
         let rto = s.rto;
         self.queue(&msg, Some(&key));
@@ -412,7 +359,7 @@ impl ClientCore {
             self.timers.stop(Timer::Loss);
             self.on_loss(now);
         }
-        if !self.timers.get(Timer::Phase).is_some_and(|t| t <= now) {
+        if self.timers.get(Timer::Phase).is_none_or(|t| t > now) {
             return;
         }
         self.timers.stop(Timer::Phase);
@@ -427,12 +374,7 @@ impl ClientCore {
                 self.send_hello(now);
             }
             Phase::WaitKeys { .. } | Phase::Done => {}
-            Phase::Proof {
-                sends,
-                rto,
-                challenged_at,
-                ..
-            } => {
+            Phase::Proof { sends, rto, challenged_at, .. } => {
                 if now.saturating_duration_since(*challenged_at) >= self.cfg.cookie_reuse {
                     self.start_hello(now);
                     return;
@@ -448,11 +390,7 @@ impl ClientCore {
                 self.send_proof(now);
             }
             Phase::Held(s) => {
-                s.rto = if s.awaiting_ack {
-                    (s.rto * 2).min(max)
-                } else {
-                    self.cfg.rto_initial
-                };
+                s.rto = if s.awaiting_ack { (s.rto * 2).min(max) } else { self.cfg.rto_initial };
                 self.send_heartbeat(now, 0);
             }
             Phase::Releasing { session, sends } => {
@@ -488,25 +426,18 @@ impl ClientCore {
         };
         match (&self.phase, frame.msg) {
             (Phase::Hello { nonce, .. }, Message::Challenge(ch)) if ch.client_nonce == *nonce => {
-                let params = KdfParams {
-                    m_kib: ch.kdf_m_kib,
-                    t: ch.kdf_t,
-                    p: ch.kdf_p,
-                };
+                let params = KdfParams { m_kib: ch.kdf_m_kib, t: ch.kdf_t, p: ch.kdf_p };
                 if params.is_acceptable() {
                     self.on_challenge_ready(now, ch, now);
                 }
             }
-            (Phase::Proof { .. }, Message::Grant(g)) => {
-                self.on_grant(now, &g, frame.signed, frame.tag)
-            }
-            (Phase::Proof { .. }, Message::Deny(d)) => {
-                self.on_deny(now, &d, frame.signed, frame.tag)
-            }
-            (Phase::Proof { nonce, .. }, Message::Unknown(u)) if u.client_nonce == *nonce => {
-                if self.tenure.is_none() {
-                    self.finish(Event::UnknownLicense);
-                }
+            (Phase::Proof { .. }, Message::Grant(g)) => self.on_grant(now, &g, frame.signed, frame.tag),
+            (Phase::Proof { .. }, Message::Deny(d)) => self.on_deny(now, &d, frame.signed, frame.tag),
+            // While re-acquiring a seat it once held, the client ignores UNKNOWN (§6).
+            (Phase::Proof { nonce, .. }, Message::Unknown(u))
+                if u.client_nonce == *nonce && self.tenure.is_none() =>
+            {
+                self.finish(Event::UnknownLicense);
             }
             (Phase::Held(s) | Phase::Releasing { session: s, .. }, Message::Ack(a)) => {
                 if a.lease_id != s.lease_id
@@ -520,12 +451,8 @@ impl ClientCore {
                 };
                 self.on_ack(now, a.seq, a.status, sent_at);
             }
-            (Phase::Held(s), Message::Stale(st)) if st.lease_id == s.lease_id => {
-                self.start_hello(now)
-            }
-            (Phase::Releasing { session, .. }, Message::Stale(st))
-                if st.lease_id == session.lease_id =>
-            {
+            (Phase::Held(s), Message::Stale(st)) if st.lease_id == s.lease_id => self.start_hello(now),
+            (Phase::Releasing { session, .. }, Message::Stale(st)) if st.lease_id == session.lease_id => {
                 self.finish(Event::Released);
             }
             _ => {}
@@ -533,13 +460,7 @@ impl ClientCore {
     }
 
     fn proof_inputs(&self) -> Option<([u8; 16], Cookie, Instant, &LicenseKeys)> {
-        let Phase::Proof {
-            nonce,
-            cookie,
-            first_sent,
-            ..
-        } = &self.phase
-        else {
+        let Phase::Proof { nonce, cookie, first_sent, .. } = &self.phase else {
             return None;
         };
         let (_, keys) = self.keys.as_ref()?;
@@ -578,12 +499,7 @@ impl ClientCore {
                 }
             }
         }
-        self.tenure = Some(Tenure {
-            lease_id: g.lease_id,
-            ttl,
-            heartbeat,
-            lost: false,
-        });
+        self.tenure = Some(Tenure { lease_id: g.lease_id, ttl, heartbeat, lost: false });
         self.reported_unreachable = false;
         self.phase = Phase::Held(HeldSession {
             lease_id: g.lease_id,
@@ -621,12 +537,7 @@ impl ClientCore {
         };
         let retry_after = Duration::from_millis(u64::from(d.retry_after_ms));
         if self.tenure.is_none() {
-            self.finish(Event::Denied {
-                reason,
-                used: d.used,
-                seats: d.seats,
-                retry_after,
-            });
+            self.finish(Event::Denied { reason, used: d.used, seats: d.seats, retry_after });
             return;
         }
         match reason {

@@ -47,7 +47,7 @@ const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     // --- The data dir and its files.
-    #[error("no lic-udp data in {}: the directory or its {DB_FILE} does not exist yet; check the data dir path, or create it with a command that writes (e.g. adding a user)", dir.display())]
+    #[error("no lic-udp data in {}: the directory or its {DB_FILE} does not exist yet; check --data-dir, or create it with `lic-udp user add`", dir.display())]
     NoDataDir { dir: PathBuf },
     #[error("cannot create or read {}: {source}; check the path and this user's permissions on it", path.display())]
     Io {
@@ -193,13 +193,11 @@ fn valid_user_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The Argon2 cost of admin passwords. It follows the store's serial KDF: that is
-/// [`KdfParams::SHIPPED`] (m = 65536 KiB, t = 3, p = 1) for every real data dir, and the weak
-/// `[kdf]` of `lic-udp.toml` only in a data dir created for tests, where the CLI's user commands
-/// must be fast too.
-pub fn password_params(kdf: KdfParams) -> Result<argon2::Params, StoreError> {
-    argon2::Params::new(kdf.m_kib, u32::from(kdf.t), u32::from(kdf.p), None)
-        .map_err(|e| StoreError::PasswordHash { message: e.to_string() })
+/// The Argon2id cost of admin passwords: m = 65536 KiB, t = 3, p = 1, the same as the shipped
+/// serial KDF. A login is rare and local, so a fraction of a second per check is cheap, while
+/// a stolen data dir makes offline guessing expensive.
+pub fn password_params() -> Result<argon2::Params, StoreError> {
+    argon2::Params::new(65536, 3, 1, None).map_err(|e| StoreError::PasswordHash { message: e.to_string() })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -592,10 +590,9 @@ impl Store {
     }
 
     /// Adds a user whose password is kept as an Argon2id PHC string with a fresh random salt.
-    /// The cost is [`password_params`] of this store's KDF (m = 65536 KiB, t = 3, p = 1 unless
-    /// the data dir was created with a test `[kdf]`).
+    /// The cost is [`password_params`].
     pub fn add_user(&mut self, name: &str, password: &str, admin: bool) -> Result<(), StoreError> {
-        let params = password_params(self.kdf)?;
+        let params = password_params()?;
         self.add_user_with_params(name, password, admin, params)
     }
 

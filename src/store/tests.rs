@@ -39,6 +39,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Cheap Argon2 for user tests; `add_user` itself (64 MiB) is exercised once, in
+/// `passwords_are_argon2id_phc_and_never_plain`.
+fn add(s: &mut Store, name: &str, password: &str, admin: bool) -> Result<(), StoreError> {
+    let p = argon2::Params::new(256, 1, 1, None).expect("params");
+    s.add_user_with_params(name, password, admin, p)
+}
+
 fn team() -> LicenseType {
     SiteConfig::default().get("team").expect("team").clone()
 }
@@ -85,8 +92,6 @@ fn new_data_dir_defaults_to_shipped_kdf() {
     let d = tempfile::tempdir().expect("tempdir");
     let s = Store::open(&d.path().join("a/b")).expect("open");
     assert_eq!(s.kdf(), KdfParams::SHIPPED);
-    let p = password_params(s.kdf()).expect("params");
-    assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (65536, 3, 1));
 }
 
 #[cfg(unix)]
@@ -144,8 +149,8 @@ fn users_add_and_check() {
     let d = test_dir();
     let mut s = open(&d);
     assert_eq!(s.user_count().expect("count"), 0);
-    s.add_user("alice", "correct horse", true).expect("add");
-    s.add_user("bob.b-2_", "x", false).expect("add");
+    add(&mut s, "alice", "correct horse", true).expect("add");
+    add(&mut s, "bob.b-2_", "x", false).expect("add");
     assert_eq!(s.user_count().expect("count"), 2);
     assert!(matches!(
         s.add_user("alice", "other", false),
@@ -173,7 +178,7 @@ fn user_names_are_checked() {
     for bad in ["", "a b", "é", "a/b", long.as_str()] {
         assert!(matches!(s.add_user(bad, "pw", false), Err(StoreError::BadUserName { .. })), "{bad:?}");
     }
-    s.add_user(&"a".repeat(64), "pw", false).expect("64 chars");
+    add(&mut s, &"a".repeat(64), "pw", false).expect("64 chars");
     assert!(matches!(s.add_user("dave", "", false), Err(StoreError::EmptyPassword)));
 }
 
@@ -186,18 +191,23 @@ fn passwords_are_argon2id_phc_and_never_plain() {
     let phc: String =
         raw(d.path()).query_row("SELECT phc FROM users WHERE name = 'alice'", [], |r| r.get(0)).expect("phc");
     assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
-    assert!(phc.contains("m=1024,t=1,p=1"), "{phc}");
+    assert!(phc.contains("$m=65536,t=3,p=1$"), "{phc}");
     assert!(!contains(&db_bytes(d.path()), password.as_bytes()));
+    s.check_user("alice", password).expect("check");
 }
 
 #[test]
-fn add_user_with_explicit_params() {
+fn users_of_different_costs_coexist() {
     let d = test_dir();
     let mut s = open(&d);
-    let p = argon2::Params::new(256, 1, 1, None).expect("params");
-    s.add_user_with_params("fast", "pw", false, p).expect("add");
+    add(&mut s, "fast", "pw", false).expect("add");
+    let phc: String =
+        raw(d.path()).query_row("SELECT phc FROM users WHERE name = 'fast'", [], |r| r.get(0)).expect("phc");
+    assert!(phc.starts_with("$argon2id$v=19$m=256,t=1,p=1$"), "{phc}");
     s.check_user("fast", "pw").expect("check");
     assert!(matches!(s.check_user("fast", "pW"), Err(StoreError::WrongPassword { .. })));
+    raw(d.path()).execute("UPDATE users SET phc = 'plaintext' WHERE name = 'fast'", []).expect("damage");
+    assert!(matches!(s.check_user("fast", "pw"), Err(StoreError::Corrupt { .. })));
 }
 
 #[test]

@@ -52,7 +52,10 @@ impl From<StoreError> for Failure {
             | StoreError::NoSuchLicense { .. }
             | StoreError::NotOwner { .. }
             | StoreError::AlreadyRevoked { .. } => LICENSE,
-            StoreError::BadUserName { .. } => USAGE,
+            StoreError::BadUserName { .. }
+            | StoreError::EmptyPassword
+            | StoreError::BadSeats { .. }
+            | StoreError::Config(_) => USAGE,
             StoreError::NoDataDir { .. } => NO_DATA,
             _ => IO,
         };

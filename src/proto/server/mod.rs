@@ -21,12 +21,12 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 pub use types::*;
 
-use super::cookie::CookieJar;
+use super::cookie::{CookieJar, LIFETIME_S};
 use super::keys::{derive_session_keys, MacKey, SessionKeys};
 use super::replay::ReplayWindow;
 use super::wire::{
-    self, Ack, AckStatus, Challenge, Cookie, Deny, DenyReason, Grant, Heartbeat, Message, Proof,
-    Stale, Unknown, FLAG_RELEASE,
+    self, Ack, AckStatus, Challenge, Cookie, Deny, DenyReason, Grant, Heartbeat, Message, Proof, Stale,
+    Unknown, FLAG_RELEASE,
 };
 
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
@@ -37,6 +37,15 @@ struct LicenseState {
     proof_key: MacKey,
     /// instance_id → lease_id: one lease per instance, the idempotency key of §4 step 5.
     holders: HashMap<[u8; 16], u64>,
+    /// instance_id → (client_nonce, cookie) of the last session of a lease that was released or
+    /// expired, kept while that cookie can still verify, so that a replay of its PROOF cannot
+    /// bring the lease back (§10).
+    retired: HashMap<[u8; 16], ([u8; 16], Cookie)>,
+}
+
+/// Forgets retired sessions whose cookies can no longer verify.
+fn prune_retired(retired: &mut HashMap<[u8; 16], ([u8; 16], Cookie)>, now_s: u32) {
+    retired.retain(|_, (_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
 }
 
 struct Session {
@@ -110,9 +119,7 @@ impl ServerCore {
     fn restore(&self, now: Instant, r: RestoredLease) {
         let Some(license_id) = self.by_db_id.get(&r.license).map(|v| *v) else {
             // The license is gone from the store: nothing to hold a seat of.
-            self.push_journal(JournalOp::Remove {
-                lease_id: r.lease_id,
-            });
+            self.push_journal(JournalOp::Remove { lease_id: r.lease_id });
             return;
         };
         let Some(mut lic) = self.licenses.get_mut(&license_id) else {
@@ -150,10 +157,7 @@ impl ServerCore {
 
     /// Seats in use per store license id.
     pub fn seats_in_use(&self) -> HashMap<i64, usize> {
-        self.licenses
-            .iter()
-            .map(|l| (l.rec.id, l.holders.len()))
-            .collect()
+        self.licenses.iter().map(|l| (l.rec.id, l.holders.len())).collect()
     }
 
     fn ttl(&self, rec: &LicenseRecord) -> Duration {
@@ -177,10 +181,7 @@ impl ServerCore {
     /// Takes the changes to write to the store. Call [`committed`](Self::committed) or
     /// [`commit_failed`](Self::commit_failed) with them afterwards.
     pub fn drain_journal(&self) -> Vec<JournalOp> {
-        self.journal
-            .lock()
-            .map(|mut j| std::mem::take(&mut *j))
-            .unwrap_or_default()
+        self.journal.lock().map(|mut j| std::mem::take(&mut *j)).unwrap_or_default()
     }
 
     pub fn has_pending_journal(&self) -> bool {
@@ -205,7 +206,7 @@ impl ServerCore {
             if let JournalOp::Grant(g) = op {
                 let license_id = self.leases.get(&g.lease_id).map(|l| l.license_id);
                 if let Some(license_id) = license_id {
-                    self.remove_lease(&license_id, g.lease_id, &g.instance_id, false);
+                    self.remove_lease(&license_id, g.lease_id, &g.instance_id, None);
                 }
             }
         }
@@ -221,12 +222,9 @@ impl ServerCore {
                 proof_key: MacKey::new(&rec.keys.k_proof),
                 rec: rec.clone(),
                 holders: HashMap::new(),
+                retired: HashMap::new(),
             });
-            let ended = if rec.revoked {
-                Some(AckStatus::Revoked)
-            } else {
-                None
-            };
+            let ended = if rec.revoked { Some(AckStatus::Revoked) } else { None };
             for lease_id in entry.holders.values() {
                 if let Some(mut l) = self.leases.get_mut(lease_id) {
                     l.license_expires_unix = rec.expires_unix;
@@ -247,6 +245,7 @@ impl ServerCore {
     /// Expires leases whose holders stopped heartbeating, and rotates the cookie key.
     pub fn handle_timeout(&self, now: Instant) {
         self.rotate_cookies(now);
+        let now_s = self.now_s(now);
         let expired: Vec<(u64, [u8; 8], [u8; 16])> = self
             .leases
             .iter()
@@ -255,40 +254,44 @@ impl ServerCore {
             .collect();
         for (lease_id, license_id, instance) in expired {
             let still_expired = self.leases.get(&lease_id).is_some_and(|l| l.expires <= now);
-            if still_expired && self.remove_lease(&license_id, lease_id, &instance, true) {
+            if still_expired && self.remove_lease(&license_id, lease_id, &instance, Some(now_s)) {
                 bump(&self.stats.expiries);
             }
         }
     }
 
     /// Removes a lease and its seat; true if it was there. Takes the license lock first.
+    /// `ended_at` is `Some(now_s)` when the lease really ended (release, expiry): the removal is
+    /// journaled and its session retired against PROOF replays. `None` undoes a grant whose
+    /// commit failed, which its client must be able to retry with the same PROOF.
     fn remove_lease(
         &self,
         license_id: &[u8; 8],
         lease_id: u64,
         instance: &[u8; 16],
-        journal: bool,
+        ended_at: Option<u32>,
     ) -> bool {
         let lic = self.licenses.get_mut(license_id);
-        let removed = self.leases.remove(&lease_id).is_some();
+        let removed = self.leases.remove(&lease_id).map(|(_, l)| l);
         if let Some(mut lic) = lic {
             if lic.holders.get(instance) == Some(&lease_id) {
                 lic.holders.remove(instance);
             }
+            let session = removed.as_ref().and_then(|l| l.session.as_ref());
+            if let (Some(now_s), Some(s)) = (ended_at, session) {
+                prune_retired(&mut lic.retired, now_s);
+                lic.retired.insert(*instance, (s.client_nonce, s.cookie));
+            }
         }
-        if removed && journal {
+        if removed.is_some() && ended_at.is_some() {
             self.push_journal(JournalOp::Remove { lease_id });
         }
-        removed
+        removed.is_some()
     }
 
     fn rotate_cookies(&self, now: Instant) {
         let now_s = self.now_s(now);
-        let stale = self
-            .cookies
-            .read()
-            .map(|j| j.needs_rotation(now_s))
-            .unwrap_or(false);
+        let stale = self.cookies.read().map(|j| j.needs_rotation(now_s)).unwrap_or(false);
         if stale {
             let key: [u8; 32] = self.rng.lock().map(|mut r| r.gen()).unwrap_or([0; 32]);
             if let Ok(mut jar) = self.cookies.write() {
@@ -302,14 +305,7 @@ impl ServerCore {
     /// Handles one datagram from `src`, writing any reply into `out` (at least
     /// [`wire::MAX_DATAGRAM`] bytes). `unix` is the wall clock in seconds, for license validity
     /// and the `since` shown to admins.
-    pub fn handle(
-        &self,
-        now: Instant,
-        unix: u64,
-        src: SocketAddr,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Reply {
+    pub fn handle(&self, now: Instant, unix: u64, src: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Reply {
         bump(&self.stats.received);
         if src.port() < MIN_SOURCE_PORT {
             bump(&self.stats.dropped_low_port);
@@ -325,9 +321,7 @@ impl ServerCore {
         match frame.msg {
             Message::Hello(h) => self.on_hello(now, src, &h.client_nonce, out),
             Message::Proof(p) => self.on_proof(now, unix, src, &p, frame.signed, frame.tag, out),
-            Message::Heartbeat(hb) => {
-                self.on_heartbeat(now, unix, &hb, frame.signed, frame.tag, out)
-            }
+            Message::Heartbeat(hb) => self.on_heartbeat(now, unix, &hb, frame.signed, frame.tag, out),
             _ => {
                 bump(&self.stats.dropped_direction);
                 Reply::None
@@ -371,11 +365,8 @@ impl ServerCore {
     ) -> Reply {
         // §4 step 2: the cookie, before any lookup.
         let now_s = self.now_s(now);
-        let cookie_ok = self
-            .cookies
-            .read()
-            .map(|j| j.check(now_s, &p.cookie, &src, &p.client_nonce))
-            .unwrap_or(false);
+        let cookie_ok =
+            self.cookies.read().map(|j| j.check(now_s, &p.cookie, &src, &p.client_nonce)).unwrap_or(false);
         if !cookie_ok {
             bump(&self.stats.dropped_cookie);
             return Reply::None;
@@ -384,15 +375,24 @@ impl ServerCore {
         // insert below are one atomic step.
         let Some(mut lic) = self.licenses.get_mut(&p.license_id) else {
             bump(&self.stats.unknown_license);
-            let msg = Message::Unknown(Unknown {
-                client_nonce: p.client_nonce,
-            });
+            let msg = Message::Unknown(Unknown { client_nonce: p.client_nonce });
             return wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send);
         };
         // Step 4.
         if !lic.proof_key.verify(signed, tag) {
             bump(&self.stats.dropped_mac);
             return Reply::None;
+        }
+        // A replay of the PROOF of a session whose lease has ended (released or expired) while
+        // its cookie still lives: step 5 would have dropped it had the lease still been there.
+        if !lic.retired.is_empty() && !lic.holders.contains_key(&p.instance_id) {
+            prune_retired(&mut lic.retired, now_s);
+            if let Some((nonce, cookie)) = lic.retired.get(&p.instance_id) {
+                if (*nonce == p.client_nonce && *cookie == p.cookie) || p.cookie.ts < cookie.ts {
+                    bump(&self.stats.dropped_replay);
+                    return Reply::None;
+                }
+            }
         }
         let seats = lic.rec.seats;
         let used = lic.holders.len();
@@ -404,11 +404,8 @@ impl ServerCore {
         if let Some(&lease_id) = lic.holders.get(&p.instance_id) {
             if let Some(mut lease) = self.leases.get_mut(&lease_id) {
                 if let Some(status) = lease.ended {
-                    let reason = if status == AckStatus::Expired {
-                        DenyReason::Expired
-                    } else {
-                        DenyReason::Revoked
-                    };
+                    let reason =
+                        if status == AckStatus::Expired { DenyReason::Expired } else { DenyReason::Revoked };
                     drop(lease);
                     return self.deny(&lic.rec, p, reason, 0, used, out);
                 }
@@ -570,17 +567,12 @@ impl ServerCore {
             used: u16::try_from(used).unwrap_or(u16::MAX),
             seats: rec.seats,
         });
-        wire::encode_unsigned(&msg, out)
-            .and_then(|n| keys.s2c.seal(out, n))
-            .map_or(Reply::None, Reply::Send)
+        wire::encode_unsigned(&msg, out).and_then(|n| keys.s2c.seal(out, n)).map_or(Reply::None, Reply::Send)
     }
 
     fn stale(&self, lease_id: u64, out: &mut [u8]) -> Reply {
         bump(&self.stats.stale);
-        let msg = Message::Stale(Stale {
-            lease_id,
-            epoch: self.cfg.epoch,
-        });
+        let msg = Message::Stale(Stale { lease_id, epoch: self.cfg.epoch });
         wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send)
     }
 
@@ -626,16 +618,12 @@ impl ServerCore {
                 AckStatus::Ok
             }
         };
-        let ttl_ms = if status == AckStatus::Ok {
-            ms(lease.ttl)
-        } else {
-            0
-        };
+        let ttl_ms = if status == AckStatus::Ok { ms(lease.ttl) } else { 0 };
         let (license_id, instance) = (lease.license_id, lease.record.instance_id);
         // The lease lock must go before remove_lease takes the license lock (lock order).
         drop(guard);
         bump(&self.stats.heartbeats);
-        if release && self.remove_lease(&license_id, hb.lease_id, &instance, true) {
+        if release && self.remove_lease(&license_id, hb.lease_id, &instance, Some(self.now_s(now))) {
             bump(&self.stats.releases);
         }
         let msg = Message::Ack(Ack {
@@ -645,9 +633,7 @@ impl ServerCore {
             status: status as u8,
             ttl_ms,
         });
-        wire::encode_unsigned(&msg, out)
-            .and_then(|n| s2c.seal(out, n))
-            .map_or(Reply::None, Reply::Send)
+        wire::encode_unsigned(&msg, out).and_then(|n| s2c.seal(out, n)).map_or(Reply::None, Reply::Send)
     }
 
     /// Every live lease, for status displays: (store license id, lease).
