@@ -187,7 +187,7 @@ fn status_shows_holders_but_never_a_serial_and_revoke_ends_the_license() {
     let serial = issue(dir.path(), "alice", "team", None);
     let server = ServerProc::start(dir.path(), &FAST);
     let s = server.server_arg();
-    let mut child = lic(&["run", "--serial", &serial, "--server", &s, "--", "sleep", "30"])
+    let child = lic(&["run", "--serial", &serial, "--server", &s, "--", "sleep", "30"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
