@@ -193,6 +193,7 @@ enum Command {
 
 /// A seat held by this process. Heartbeats run in the background until it is released or
 /// dropped.
+#[derive(Debug)]
 pub struct Seat {
     info: GrantInfo,
     status: watch::Receiver<SeatStatus>,

@@ -27,12 +27,22 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct ServeOptions {
     pub ttl_override: Option<Duration>,
     pub heartbeat_override: Option<Duration>,
+    /// Start even if the lease journal cannot be read, with a grace period of one TTL in which
+    /// only earlier holders get seats (proto-spec.md §7).
+    pub recover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "cannot read the recorded seat leases ({0}); without them the server does not know which seats are \
+         taken, so it will not start. Restore the data dir from a backup, or start with --recover: \
+         unreadable rows are kept aside in the table leases_damaged, and for one lease TTL only \
+         clients that held a seat before can take one"
+    )]
+    LeaseState(#[source] StoreError),
     #[error("UDP socket error: {0}")]
     Socket(#[source] std::io::Error),
     #[error("the store worker stopped unexpectedly")]
@@ -54,6 +64,9 @@ pub struct StartInfo {
     pub data_dir: std::path::PathBuf,
     pub licenses: usize,
     pub restored_leases: usize,
+    /// Rows `--recover` moved to `leases_damaged`.
+    pub damaged_leases: usize,
+    pub recovery_grace: Option<Duration>,
     pub epoch: u32,
 }
 
@@ -69,9 +82,17 @@ impl Server {
         mut store: Store,
         opts: ServeOptions,
     ) -> Result<(Self, StartInfo), ServeError> {
-        let epoch = store.bump_epoch()?;
         let licenses = store.licenses()?;
-        let restored = store.leases()?;
+        let (restored, damaged) = match store.leases() {
+            Ok(l) => (l, 0),
+            Err(e) if !opts.recover => return Err(ServeError::LeaseState(e)),
+            Err(_) => store.recover_leases(unix_now())?,
+        };
+        let epoch = store.bump_epoch()?;
+        // The grace lasts the longest TTL any holder may have been promised.
+        let recovery_grace = opts.recover.then(|| {
+            opts.ttl_override.unwrap_or_else(|| licenses.iter().map(|l| l.ttl).max().unwrap_or_default())
+        });
         let data_version = store.data_version()?;
         let cfg = ServerConfig {
             server_salt: store.server_salt(),
@@ -79,6 +100,7 @@ impl Server {
             epoch,
             ttl_override: opts.ttl_override,
             heartbeat_override: opts.heartbeat_override,
+            recovery_grace,
         };
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -87,6 +109,8 @@ impl Server {
             data_dir: store.dir().to_path_buf(),
             licenses: licenses.len(),
             restored_leases: restored.len(),
+            damaged_leases: damaged,
+            recovery_grace,
             epoch,
         };
         let records = licenses.iter().map(|l| l.record()).collect();
@@ -128,6 +152,9 @@ impl Server {
                 }
                 _ = tick.tick() => {
                     self.core.handle_timeout(Instant::now());
+                    if !self.core.store_available() {
+                        self.probe_store().await?;
+                    }
                     if self.core.has_pending_journal() {
                         self.commit_and_send(&mut gated).await?;
                     }
@@ -180,8 +207,13 @@ impl Server {
                 }
             }
             Err(e) => {
-                tracing::error!("cannot record grants, refusing them until the store works again: {e}");
+                if self.core.store_available() {
+                    tracing::error!(
+                        "cannot record grants, denying new seats until the store takes writes again: {e}"
+                    );
+                }
                 self.core.commit_failed(&ops);
+                self.core.set_store_available(false);
                 gated.clear();
             }
         }
@@ -196,6 +228,19 @@ impl Server {
         })
         .await
         .map_err(|_| ServeError::Worker)
+    }
+
+    /// After a failed commit: is the disk taking writes again?
+    async fn probe_store(&self) -> Result<(), ServeError> {
+        let store = self.store.clone();
+        let ok = tokio::task::spawn_blocking(move || store.lock().map_err(|_| StoreError::Poisoned)?.probe())
+            .await
+            .map_err(|_| ServeError::Worker)?;
+        if ok.is_ok() {
+            tracing::info!("the store takes writes again; granting new seats");
+            self.core.set_store_available(true);
+        }
+        Ok(())
     }
 
     /// Picks up licenses issued or revoked by other processes (`lic-udp issue`, `revoke`).

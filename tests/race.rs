@@ -28,6 +28,7 @@ fn core_with_license(seats: u16, serial: &Serial, now: Instant) -> ServerCore {
         epoch: 1,
         ttl_override: None,
         heartbeat_override: None,
+        recovery_grace: None,
     };
     ServerCore::new(cfg, vec![rec], vec![], now, [1; 32])
 }

@@ -9,6 +9,7 @@
 //! Nothing here deletes, resets or "repairs" a file it does not recognise: a data dir holds the
 //! keys of every license, and losing it means reissuing all of them.
 
+mod recovery;
 mod schema;
 
 use std::fs;

@@ -342,6 +342,7 @@ impl Sim {
             epoch: self.epoch,
             ttl_override: None,
             heartbeat_override: None,
+            recovery_grace: None,
         };
         let mut seed = [0u8; 32];
         StdRng::seed_from_u64(self.seed ^ u64::from(self.epoch).rotate_left(32)).fill(&mut seed);

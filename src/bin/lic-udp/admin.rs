@@ -27,6 +27,10 @@ pub struct ServeOpt {
     /// Heartbeat interval for every license, overriding the types' (e.g. 500ms).
     #[arg(long, value_parser = duration)]
     heartbeat: Option<Duration>,
+    /// Start even though the recorded leases cannot be read. Unreadable rows are kept aside;
+    /// for one lease TTL only clients that held a seat before can take one.
+    #[arg(long)]
+    recover: bool,
 }
 
 #[derive(Subcommand)]
@@ -130,7 +134,7 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
         let socket = tokio::net::UdpSocket::bind(o.listen)
             .await
             .map_err(|e| Failure::new(IO, format!("cannot listen on UDP {}: {e}", o.listen)))?;
-        let opts = ServeOptions { ttl_override: o.lease_ttl, heartbeat_override: o.heartbeat };
+        let opts = ServeOptions { ttl_override: o.lease_ttl, heartbeat_override: o.heartbeat, recover: o.recover };
         let (server, info) = Server::new(socket, store, opts).map_err(|e| Failure::new(IO, e.to_string()))?;
         let shutdown = shutdown_signal()?;
         tracing::info!(
@@ -141,6 +145,13 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
             info.restored_leases,
             info.epoch
         );
+        if let Some(grace) = info.recovery_grace {
+            tracing::warn!(
+                "recovery: {} unreadable lease rows moved to leases_damaged; for {} only earlier holders get seats",
+                info.damaged_leases,
+                humantime::format_duration(grace)
+            );
+        }
         server.run(shutdown).await.map_err(|e| Failure::new(IO, e.to_string()))?;
         tracing::info!("lic-udp stopped");
         Ok(0)

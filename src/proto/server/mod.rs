@@ -13,6 +13,7 @@ mod types;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,12 @@ pub struct ServerCore {
     cookies: RwLock<CookieJar>,
     rng: Mutex<StdRng>,
     journal: Mutex<Vec<JournalOp>>,
+    /// Until then only earlier holders (PROOF with `prev_lease_id`) may take new seats: the
+    /// recovery grace after the lease journal was lost (proto-spec.md §7).
+    grace_until: Option<Instant>,
+    /// False after the store refused a commit, until the driver sees it take writes again. New
+    /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
+    store_ok: AtomicBool,
     stats: Stats,
 }
 
@@ -98,6 +105,7 @@ impl ServerCore {
     ) -> Self {
         let mut rng = StdRng::from_seed(rng_seed);
         let jar = CookieJar::new(rng.gen(), 0);
+        let cfg_grace = cfg.recovery_grace;
         let core = Self {
             cfg,
             start: now,
@@ -107,6 +115,8 @@ impl ServerCore {
             cookies: RwLock::new(jar),
             rng: Mutex::new(rng),
             journal: Mutex::new(Vec::new()),
+            grace_until: cfg_grace.map(|d| now + d),
+            store_ok: AtomicBool::new(true),
             stats: Stats::default(),
         };
         core.sync_licenses(licenses);
@@ -145,6 +155,21 @@ impl ServerCore {
 
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
+    }
+
+    /// Called by the driver after a failed commit (false) and once the store takes writes
+    /// again (true).
+    pub fn set_store_available(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn store_available(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+
+    /// Time left in the recovery grace period, if any.
+    pub fn grace_left(&self, now: Instant) -> Option<Duration> {
+        self.grace_until.and_then(|g| g.checked_duration_since(now)).filter(|d| !d.is_zero())
     }
 
     pub fn stats(&self) -> &Stats {
@@ -452,6 +477,16 @@ impl ServerCore {
         }
         if lic.rec.expires_unix.is_some_and(|e| unix >= e) {
             return self.deny(&lic.rec, p, DenyReason::Expired, 0, used, out);
+        }
+        // Step 7a: during a recovery grace, seats go to earlier holders first.
+        if let Some(left) = self.grace_left(now) {
+            if p.prev_lease_id == 0 {
+                return self.deny(&lic.rec, p, DenyReason::Busy, ms(left), used, out);
+            }
+        }
+        // Step 7b: a seat that could not be recorded must not be handed out.
+        if !self.store_available() {
+            return self.deny(&lic.rec, p, DenyReason::Unavailable, 1000, used, out);
         }
         // Step 8.
         if used >= usize::from(seats) {

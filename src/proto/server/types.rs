@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub ttl_override: Option<Duration>,
     /// `serve --heartbeat`: overrides every license type's heartbeat interval.
     pub heartbeat_override: Option<Duration>,
+    /// `serve --recover`: for this long after start, new seats go only to clients that held
+    /// one before (proto-spec.md §7).
+    pub recovery_grace: Option<Duration>,
 }
 
 /// A license as the store knows it. The core keeps the keys, never a serial.
