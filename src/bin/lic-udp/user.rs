@@ -122,6 +122,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::new(IO, format!("cannot start the runtime: {e}")))
 }
 
+/// Acquires, saying on stderr when the server is slow to answer, so that a user waiting out the
+/// retransmit schedule knows what is happening. The wait itself sleeps; nothing spins.
+async fn acquire_noisy(client: &Client, serial: &Serial) -> Result<Seat, lic_udp::AcquireError> {
+    let acquire = client.acquire(serial);
+    tokio::pin!(acquire);
+    tokio::select! {
+        r = &mut acquire => return r,
+        _ = tokio::time::sleep(Duration::from_secs(2)) => {
+            eprintln!("lic-udp: no answer from the license server at {} yet; still trying", client.server());
+        }
+    }
+    acquire.await
+}
+
 fn describe(seat: &Seat) -> String {
     let i = seat.info();
     format!("seat granted: {} of {} seats in use", i.used, i.seats)
@@ -130,7 +144,7 @@ fn describe(seat: &Seat) -> String {
 pub fn verify(o: VerifyOpt) -> Result<i32, Failure> {
     let (client, serial) = client_for(&o.target)?;
     runtime()?.block_on(async {
-        let seat = client.acquire(&serial).await?;
+        let seat = acquire_noisy(&client, &serial).await?;
         println!("{}", describe(&seat));
         seat.release().await;
         Ok(0)
@@ -151,7 +165,7 @@ pub fn activate(o: ActivateOpt) -> Result<i32, Failure> {
         client = client.with_acquire_timeout(d);
     }
     runtime()?.block_on(async {
-        let seat = client.acquire(&serial).await?;
+        let seat = acquire_noisy(&client, &serial).await?;
         seat.release().await;
         Ok::<(), Failure>(())
     })?;
@@ -167,7 +181,7 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
         return Err(Failure::usage("no PROGRAM given: lic-udp run --serial SERIAL -- PROGRAM [ARGS...]"));
     };
     runtime()?.block_on(async {
-        let seat = client.acquire(&serial).await?;
+        let seat = acquire_noisy(&client, &serial).await?;
         let mut child = match tokio::process::Command::new(program).args(args).spawn() {
             Ok(c) => c,
             Err(e) => {
