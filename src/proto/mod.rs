@@ -8,6 +8,8 @@
 pub mod client;
 pub mod cookie;
 pub mod keys;
+pub mod mac;
 pub mod replay;
 pub mod server;
+pub mod throttle;
 pub mod wire;

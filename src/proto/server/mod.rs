@@ -25,6 +25,7 @@ pub use types::*;
 use super::cookie::{CookieJar, LIFETIME_S};
 use super::keys::{derive_session_keys, MacKey, SessionKeys};
 use super::replay::ReplayWindow;
+use super::throttle::Throttle;
 use super::wire::{
     self, Ack, AckStatus, Challenge, Cookie, Deny, DenyReason, Grant, Heartbeat, Message, Proof, Stale,
     Unknown, FLAG_RELEASE,
@@ -86,6 +87,7 @@ pub struct ServerCore {
     /// False after the store refused a commit, until the driver sees it take writes again. New
     /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
     store_ok: AtomicBool,
+    throttle: Throttle,
     stats: Stats,
 }
 
@@ -117,6 +119,7 @@ impl ServerCore {
             journal: Mutex::new(Vec::new()),
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
+            throttle: Throttle::default(),
             stats: Stats::default(),
         };
         core.sync_licenses(licenses);
@@ -270,6 +273,7 @@ impl ServerCore {
     /// Expires leases whose holders stopped heartbeating, and rotates the cookie key.
     pub fn handle_timeout(&self, now: Instant) {
         self.rotate_cookies(now);
+        self.throttle.sweep(now);
         let now_s = self.now_s(now);
         let expired: Vec<(u64, [u8; 8], [u8; 16])> = self
             .leases
@@ -396,15 +400,23 @@ impl ServerCore {
             bump(&self.stats.dropped_cookie);
             return Reply::None;
         }
+        // Guessing limit: an address that failed too often is not answered at all, right or
+        // wrong, until its bucket refills.
+        if !self.throttle.allows(src.ip(), now) {
+            bump(&self.stats.dropped_throttled);
+            return Reply::None;
+        }
         // Step 3: the license; its shard lock is held to the end, so the seat check and the
         // insert below are one atomic step.
         let Some(mut lic) = self.licenses.get_mut(&p.license_id) else {
             bump(&self.stats.unknown_license);
+            self.throttle.failed(src.ip(), now);
             let msg = Message::Unknown(Unknown { client_nonce: p.client_nonce });
             return wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send);
         };
         // Step 4.
         if !lic.proof_key.verify(signed, tag) {
+            self.throttle.failed(src.ip(), now);
             bump(&self.stats.dropped_mac);
             return Reply::None;
         }

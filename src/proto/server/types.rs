@@ -95,6 +95,8 @@ counters! {
     dropped_cookie,
     /// Tag did not verify.
     dropped_mac,
+    /// A PROOF from an address that failed too many (proto-spec.md §4, "Throttling").
+    dropped_throttled,
     /// Heartbeat seq already seen or too old, or PROOF older than the current session.
     dropped_replay,
     challenges,
