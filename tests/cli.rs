@@ -290,3 +290,28 @@ fn serve_creates_a_private_data_dir_and_stops_cleanly_on_sigterm() {
     let db = std::fs::metadata(dir.join("lic-udp.db")).expect("db").permissions().mode() & 0o777;
     assert_eq!(db & 0o077, 0, "db is private");
 }
+
+#[test]
+fn admin_logins_are_throttled_after_five_wrong_passwords() {
+    let dir = data_dir();
+    let d = dir.path().to_str().expect("utf8");
+    add_user(dir.path(), "alice");
+    let issue_with = |pw: &str| {
+        run_with_stdin(
+            lic(&["issue", "--user", "alice", "--type", "team", "--password-stdin", "--data-dir", d]),
+            pw,
+        )
+    };
+    for _ in 0..5 {
+        let o = issue_with("wrong");
+        assert_eq!(code(&o), 2);
+        assert!(text(&o.stderr).contains("wrong password"));
+    }
+    // Even the right password waits now.
+    let o = issue_with(PASSWORD);
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("too many wrong passwords"), "{}", text(&o.stderr));
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = issue_with(PASSWORD);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+}

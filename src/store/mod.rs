@@ -9,6 +9,7 @@
 //! Nothing here deletes, resets or "repairs" a file it does not recognise: a data dir holds the
 //! keys of every license, and losing it means reissuing all of them.
 
+mod login;
 mod recovery;
 mod schema;
 
@@ -98,6 +99,8 @@ pub enum StoreError {
     NoSuchUser { name: String },
     #[error("wrong password for user `{name}`")]
     WrongPassword { name: String },
+    #[error("too many wrong passwords for user `{name}`; try again in {retry_after_s} s")]
+    LoginThrottled { name: String, retry_after_s: i64 },
     #[error("cannot hash the password: {message}")]
     PasswordHash { message: String },
 
@@ -647,6 +650,7 @@ impl Store {
     /// Distinguishes an unknown user from a wrong password; the CLI runs locally, next to the
     /// data dir, so there is nobody to hide the user list from.
     pub fn check_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        self.login_gate(name)?;
         let phc: String = self
             .conn
             .query_row("SELECT phc FROM users WHERE name = ?1", [name], |r| r.get(0))
@@ -657,8 +661,11 @@ impl Store {
             |e: password_hash::Error| corrupt(&self.db, format!("user `{name}`: password hash: {e}"));
         let hash = PasswordHash::new(&phc).map_err(bad_hash)?;
         match Argon2::default().verify_password(password.as_bytes(), &hash) {
-            Ok(()) => Ok(()),
-            Err(password_hash::Error::Password) => Err(StoreError::WrongPassword { name: name.to_owned() }),
+            Ok(()) => self.login_result(name, true),
+            Err(password_hash::Error::Password) => {
+                self.login_result(name, false)?;
+                Err(StoreError::WrongPassword { name: name.to_owned() })
+            }
             Err(e) => Err(bad_hash(e)),
         }
     }

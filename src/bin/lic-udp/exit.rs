@@ -49,6 +49,7 @@ impl From<StoreError> for Failure {
             StoreError::UserExists { .. }
             | StoreError::NoSuchUser { .. }
             | StoreError::WrongPassword { .. }
+            | StoreError::LoginThrottled { .. }
             | StoreError::NoSuchLicense { .. }
             | StoreError::NotOwner { .. }
             | StoreError::AlreadyRevoked { .. } => LICENSE,

@@ -1,0 +1,82 @@
+//! Throttled admin logins: after [`FREE_FAILURES`] wrong passwords in a row, each further
+//! attempt must wait twice as long as the one before (1 s, 2 s, 4 s … up to 15 min). The
+//! count lives in the store, so it holds across CLI invocations and for the web sign-in alike,
+//! and a success resets it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::OptionalExtension;
+
+use super::{At, Store, StoreError};
+
+pub const FREE_FAILURES: i64 = 5;
+pub const MAX_WAIT_S: i64 = 15 * 60;
+
+const ENSURE: &str = "CREATE TABLE IF NOT EXISTS login_failures (
+    name  TEXT PRIMARY KEY NOT NULL,
+    count INTEGER NOT NULL,
+    last  INTEGER NOT NULL
+) STRICT";
+
+fn now_s() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How long after the last failure the next attempt is allowed.
+pub fn wait_after(failures: i64) -> i64 {
+    if failures < FREE_FAILURES {
+        return 0;
+    }
+    let doublings = u32::try_from((failures - FREE_FAILURES).min(20)).unwrap_or(20);
+    (1i64 << doublings).min(MAX_WAIT_S)
+}
+
+impl Store {
+    /// Refuses with [`StoreError::LoginThrottled`] while `name` must wait.
+    pub(super) fn login_gate(&self, name: &str) -> Result<(), StoreError> {
+        self.conn.execute(ENSURE, []).at(&self.db)?;
+        let row: Option<(i64, i64)> = self
+            .conn
+            .query_row("SELECT count, last FROM login_failures WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .at(&self.db)?;
+        if let Some((count, last)) = row {
+            let left = last + wait_after(count) - now_s();
+            if left > 0 {
+                return Err(StoreError::LoginThrottled { name: name.to_owned(), retry_after_s: left });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn login_result(&self, name: &str, ok: bool) -> Result<(), StoreError> {
+        if ok {
+            self.conn.execute("DELETE FROM login_failures WHERE name = ?1", [name]).at(&self.db)?;
+        } else {
+            self.conn
+                .execute(
+                    "INSERT INTO login_failures (name, count, last) VALUES (?1, 1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET count = count + 1, last = ?2",
+                    rusqlite::params![name, now_s()],
+                )
+                .at(&self.db)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_after_five_and_is_capped() {
+        assert_eq!(wait_after(4), 0);
+        assert_eq!(wait_after(5), 1);
+        assert_eq!(wait_after(6), 2);
+        assert_eq!(wait_after(9), 16);
+        assert_eq!(wait_after(100), MAX_WAIT_S);
+    }
+}
