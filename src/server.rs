@@ -20,7 +20,7 @@ pub const DEFAULT_PORT: u16 = 7301;
 
 /// How many datagrams one wakeup handles before committing their grants together.
 const BATCH: usize = 64;
-/// How often the server sweeps expired leases, flushes removals and checks the store.
+/// How often the server flushes removals, probes a failed store and checks for new licenses.
 const TICK: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug, Default)]
@@ -126,8 +126,8 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 2048];
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_timeout = tokio::time::Instant::from_std(self.core.poll_timeout(Instant::now()));
+        let mut next_housekeeping = Instant::now() + TICK;
         let mut gated: Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)> = Vec::new();
         loop {
             tokio::select! {
@@ -150,15 +150,22 @@ impl Server {
                         self.commit_and_send(&mut gated).await?;
                     }
                 }
-                _ = tick.tick() => {
-                    self.core.handle_timeout(Instant::now());
-                    if !self.core.store_available() {
-                        self.probe_store().await?;
+                _ = tokio::time::sleep_until(next_timeout) => {
+                    let now = Instant::now();
+                    self.core.handle_timeout(now);
+                    next_timeout = tokio::time::Instant::from_std(self.core.poll_timeout(now));
+                    // The store work runs once a period, even while a mass expiry makes the core
+                    // ask for timeouts back to back.
+                    if now >= next_housekeeping {
+                        next_housekeeping = now + TICK;
+                        if !self.core.store_available() {
+                            self.probe_store().await?;
+                        }
+                        if self.core.has_pending_journal() {
+                            self.commit_and_send(&mut gated).await?;
+                        }
+                        self.reload_if_changed().await?;
                     }
-                    if self.core.has_pending_journal() {
-                        self.commit_and_send(&mut gated).await?;
-                    }
-                    self.reload_if_changed().await?;
                 }
             }
         }

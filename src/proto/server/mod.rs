@@ -9,6 +9,7 @@
 //! interleaving. Lock order is always license, then lease; code that holds a lease entry drops
 //! it before touching a license.
 
+mod expiry;
 mod types;
 
 use std::collections::HashMap;
@@ -30,6 +31,12 @@ use super::wire::{
     self, Ack, AckStatus, Challenge, Cookie, Deny, DenyReason, Grant, Heartbeat, Message, Proof, Stale,
     Unknown, FLAG_RELEASE,
 };
+use expiry::ExpiryWheel;
+pub use expiry::SLOT as SWEEP_PERIOD;
+
+/// Leases one [`ServerCore::handle_timeout`] call looks at, so that a mass expiry cannot hold
+/// up the datagrams queued behind it for long.
+pub const EXPIRY_BUDGET: usize = 10_000;
 
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
 pub const MIN_SOURCE_PORT: u16 = 1024;
@@ -88,6 +95,7 @@ pub struct ServerCore {
     /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
     store_ok: AtomicBool,
     throttle: Throttle,
+    expiry: ExpiryWheel,
     stats: Stats,
 }
 
@@ -120,6 +128,7 @@ impl ServerCore {
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
             throttle: Throttle::default(),
+            expiry: ExpiryWheel::new(now),
             stats: Stats::default(),
         };
         core.sync_licenses(licenses);
@@ -139,10 +148,11 @@ impl ServerCore {
             return;
         };
         let ttl = self.ttl(&lic.rec);
+        let lease_id = r.lease_id;
         lic.holders.insert(r.instance_id, r.lease_id);
         let ended = lic.rec.revoked.then_some(AckStatus::Revoked);
         self.leases.insert(
-            r.lease_id,
+            lease_id,
             Lease {
                 license_id,
                 session: None,
@@ -154,6 +164,7 @@ impl ServerCore {
                 record: r,
             },
         );
+        self.expiry.schedule(lease_id, now + ttl);
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -265,25 +276,31 @@ impl ServerCore {
         }
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should next run.
+    /// When [`handle_timeout`](Self::handle_timeout) should next run: at once while a mass
+    /// expiry is being worked off, else one sweep period later.
     pub fn poll_timeout(&self, now: Instant) -> Instant {
-        now + Duration::from_millis(250)
+        if self.expiry.backlog(now) {
+            now
+        } else {
+            now + SWEEP_PERIOD
+        }
     }
 
-    /// Expires leases whose holders stopped heartbeating, and rotates the cookie key.
+    /// Expires leases whose holders stopped heartbeating (at most [`EXPIRY_BUDGET`] per call),
+    /// and rotates the cookie key.
     pub fn handle_timeout(&self, now: Instant) {
         self.rotate_cookies(now);
         self.throttle.sweep(now);
         let now_s = self.now_s(now);
-        let expired: Vec<(u64, [u8; 8], [u8; 16])> = self
-            .leases
-            .iter()
-            .filter(|l| l.expires <= now)
-            .map(|l| (*l.key(), l.license_id, l.record.instance_id))
-            .collect();
-        for (lease_id, license_id, instance) in expired {
-            let still_expired = self.leases.get(&lease_id).is_some_and(|l| l.expires <= now);
-            if still_expired && self.remove_lease(&license_id, lease_id, &instance, Some(now_s)) {
+        for lease_id in self.expiry.due(now, EXPIRY_BUDGET) {
+            let Some((expires, license_id, instance)) =
+                self.leases.get(&lease_id).map(|l| (l.expires, l.license_id, l.record.instance_id))
+            else {
+                continue; // released meanwhile
+            };
+            if expires > now {
+                self.expiry.schedule(lease_id, expires); // renewed meanwhile
+            } else if self.remove_lease(&license_id, lease_id, &instance, Some(now_s)) {
                 bump(&self.stats.expiries);
             }
         }
@@ -541,6 +558,7 @@ impl ServerCore {
                 durable: false,
             },
         );
+        self.expiry.schedule(lease_id, now + ttl);
         self.push_journal(JournalOp::Grant(record));
         bump(&self.stats.grants);
         self.grant(&keys, lease_id, ttl, hb, used + 1, seats, false, out)
