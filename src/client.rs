@@ -42,7 +42,7 @@ pub struct CachedKeys {
 /// Why no seat was granted. Each variant maps to one `lic-udp verify` exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
-    #[error("all {seats} seats of this license are in use; try again later")]
+    #[error("{}; try again later", if *seats == 1 { "the only seat of this license is in use".to_owned() } else { format!("all {seats} seats of this license are in use") })]
     Full { used: u16, seats: u16, retry_after: Duration },
     #[error("the server is busy or recovering; try again in {}s", retry_after.as_secs().max(1))]
     Busy { retry_after: Duration },
@@ -52,10 +52,12 @@ pub enum AcquireError {
     Revoked,
     #[error("this license has expired")]
     Expired,
-    #[error("the server does not know this license: check the serial")]
-    UnknownLicense,
+    #[error("the license server at {0} does not know this license: check the serial, and that this is the server that issued it (--server, $LIC_UDP_SERVER)")]
+    UnknownLicense(SocketAddr),
     #[error("no answer from the license server at {0} (is it running, and is UDP allowed through?)")]
     Unreachable(SocketAddr),
+    #[error("the license server at {0} answered, but the handshake did not finish within the timeout; try a longer --timeout")]
+    TimedOut(SocketAddr),
     #[error("the server sent key-derivation parameters this client refuses: {0}")]
     Kdf(#[from] KdfError),
     #[error("network error talking to {addr}: {source}")]
@@ -165,12 +167,20 @@ impl Client {
             granted: Some(granted_tx),
             status: status_tx,
             commands: cmd_rx,
+            heard: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        let heard = driver.heard.clone();
         let task = tokio::spawn(driver.run());
         let outcome = match self.acquire_timeout {
-            Some(d) => tokio::time::timeout(d, granted_rx)
-                .await
-                .unwrap_or(Ok(Err(AcquireError::Unreachable(self.server)))),
+            Some(d) => match tokio::time::timeout(d, granted_rx).await {
+                Ok(r) => r,
+                // The task goes on: a GRANT that arrives now is released at once, so a client
+                // that gave up never keeps a seat.
+                Err(_) if heard.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(AcquireError::TimedOut(self.server))
+                }
+                Err(_) => return Err(AcquireError::Unreachable(self.server)),
+            },
             None => granted_rx.await,
         };
         match outcome {
@@ -242,6 +252,8 @@ struct Driver {
     granted: Option<oneshot::Sender<Result<GrantInfo, AcquireError>>>,
     status: watch::Sender<SeatStatus>,
     commands: mpsc::Receiver<Command>,
+    /// Set once any datagram came back from the server, to tell a slow server from none.
+    heard: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The answer of a background Argon2 run: its public inputs and the keys.
@@ -270,6 +282,7 @@ impl Driver {
             tokio::select! {
                 r = self.socket.recv(&mut buf) => {
                     if let Ok(n) = r {
+                        self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
                         self.core.handle_datagram(Instant::now(), &buf[..n]);
                     }
                 }
@@ -293,10 +306,20 @@ impl Driver {
                 }
                 cmd = self.commands.recv(), if commands_open => {
                     match cmd {
-                        Some(Command::Release(done)) => release_waiters.push(done),
-                        None => commands_open = false,
+                        Some(Command::Release(done)) => {
+                            release_waiters.push(done);
+                            self.core.release(Instant::now());
+                        }
+                        None => {
+                            commands_open = false;
+                            // The Seat was dropped: release. Or acquire gave up before a
+                            // GRANT came: keep listening, so that a late GRANT is released
+                            // (see Event::Granted) instead of holding a seat nobody uses.
+                            if self.granted.is_none() {
+                                self.core.release(Instant::now());
+                            }
+                        }
                     }
-                    self.core.release(Instant::now());
                 }
             }
         }
@@ -332,10 +355,16 @@ impl Driver {
                 return Some(rx);
             }
             Event::Granted { lease_id, used, seats, ttl, heartbeat } => {
-                if let Some(tx) = self.granted.take() {
-                    let _ = tx.send(Ok(GrantInfo { lease_id, used, seats, ttl, heartbeat }));
+                let delivered = match self.granted.take() {
+                    Some(tx) => tx.send(Ok(GrantInfo { lease_id, used, seats, ttl, heartbeat })).is_ok(),
+                    None => false,
+                };
+                if delivered {
+                    self.set_status(SeatStatus::Held);
+                } else {
+                    // Nobody waits for this seat any more (acquire timed out): give it back.
+                    self.core.release(Instant::now());
                 }
-                self.set_status(SeatStatus::Held);
             }
             Event::Denied { reason, used, seats, retry_after } => self.fail(match reason {
                 DenyReason::Full => AcquireError::Full { used, seats, retry_after },
@@ -344,7 +373,10 @@ impl Driver {
                 DenyReason::Revoked => AcquireError::Revoked,
                 DenyReason::Expired => AcquireError::Expired,
             }),
-            Event::UnknownLicense => self.fail(AcquireError::UnknownLicense),
+            Event::UnknownLicense => {
+                let server = self.server;
+                self.fail(AcquireError::UnknownLicense(server));
+            }
             Event::Unreachable => {
                 let server = self.server;
                 self.fail(AcquireError::Unreachable(server));

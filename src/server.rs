@@ -12,7 +12,7 @@ use rand::RngCore;
 use tokio::net::UdpSocket;
 
 use crate::proto::server::{JournalOp, Reply, ServerConfig, ServerCore};
-use crate::proto::wire::MAX_DATAGRAM;
+use crate::proto::wire::{MsgType, MAX_DATAGRAM};
 use crate::store::{Store, StoreError};
 
 /// The documented default port (proto-spec.md §1).
@@ -54,8 +54,15 @@ pub struct Server {
     socket: UdpSocket,
     core: Arc<ServerCore>,
     store: Arc<Mutex<Store>>,
-    data_version: i64,
+    /// The store's `data_version` when licenses were last loaded.
+    data_version: std::sync::atomic::AtomicI64,
+    /// When an UNKNOWN last made the server reread the store (at most every [`UNKNOWN_RELOAD`]).
+    last_unknown_reload: Mutex<Instant>,
 }
+
+/// A license issued a moment ago may not be loaded yet; before answering UNKNOWN the server
+/// rereads the store, but not more often than this, so a flood of guesses cannot keep SQLite busy.
+const UNKNOWN_RELOAD: Duration = Duration::from_millis(200);
 
 /// What the start-up log line reports.
 #[derive(Clone, Debug)]
@@ -115,7 +122,16 @@ impl Server {
         };
         let records = licenses.iter().map(|l| l.record()).collect();
         let core = ServerCore::new(cfg, records, restored, Instant::now(), seed);
-        Ok((Self { socket, core: Arc::new(core), store: Arc::new(Mutex::new(store)), data_version }, info))
+        let server = Self {
+            socket,
+            core: Arc::new(core),
+            store: Arc::new(Mutex::new(store)),
+            data_version: std::sync::atomic::AtomicI64::new(data_version),
+            last_unknown_reload: Mutex::new(
+                Instant::now().checked_sub(UNKNOWN_RELOAD).unwrap_or_else(Instant::now),
+            ),
+        };
+        Ok((server, info))
     }
 
     pub fn core(&self) -> Arc<ServerCore> {
@@ -123,7 +139,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then commits what is pending and returns.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; 2048];
         let mut next_timeout = tokio::time::Instant::from_std(self.core.poll_timeout(Instant::now()));
@@ -184,7 +200,17 @@ impl Server {
     ) {
         let mut out = [0u8; MAX_DATAGRAM];
         let datagram = buf.get(..n).unwrap_or_default();
-        match self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out) {
+        let mut reply = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out);
+        if matches!(reply, Reply::Send(_))
+            && out[3] == MsgType::Unknown as u8
+            && self.may_reload_for_unknown()
+        {
+            // Perhaps issued a moment ago by `lic-udp issue`: look again before saying no.
+            if self.reload_if_changed().await.unwrap_or(false) {
+                reply = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out);
+            }
+        }
+        match reply {
             Reply::None => {}
             Reply::Send(k) => {
                 if let Err(e) = self.socket.send_to(&out[..k], src).await {
@@ -251,9 +277,20 @@ impl Server {
     }
 
     /// Picks up licenses issued or revoked by other processes (`lic-udp issue`, `revoke`).
-    async fn reload_if_changed(&mut self) -> Result<(), ServeError> {
+    fn may_reload_for_unknown(&self) -> bool {
+        let Ok(mut last) = self.last_unknown_reload.lock() else { return false };
+        let now = Instant::now();
+        if now.duration_since(*last) < UNKNOWN_RELOAD {
+            return false;
+        }
+        *last = now;
+        true
+    }
+
+    /// True if licenses were reloaded.
+    async fn reload_if_changed(&self) -> Result<bool, ServeError> {
         let store = self.store.clone();
-        let seen = self.data_version;
+        let seen = self.data_version.load(std::sync::atomic::Ordering::Relaxed);
         let fresh = tokio::task::spawn_blocking(move || -> Result<Option<(i64, Vec<_>)>, StoreError> {
             let s = store.lock().map_err(|_| StoreError::Poisoned)?;
             let v = s.data_version()?;
@@ -266,14 +303,15 @@ impl Server {
         .map_err(|_| ServeError::Worker)?;
         match fresh {
             Ok(Some((v, licenses))) => {
-                self.data_version = v;
+                self.data_version.store(v, std::sync::atomic::Ordering::Relaxed);
                 let n = licenses.len();
                 self.core.sync_licenses(licenses.iter().map(|l| l.record()).collect());
-                tracing::info!("store changed: {n} licenses loaded");
+                tracing::info!("store changed: {n} license{} loaded", if n == 1 { "" } else { "s" });
+                return Ok(true);
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("cannot reread licenses: {e}"),
         }
-        Ok(())
+        Ok(false)
     }
 }

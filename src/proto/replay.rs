@@ -64,7 +64,7 @@ mod tests {
         }
         assert!(w.check(9));
         w.accept(100);
-        assert!(!w.check(36), "more than 64 below the top");
+        assert!(!w.check(36), "64 below the top is outside the window");
         assert!(w.check(37));
         w.accept(u64::MAX);
         assert!(!w.check(u64::MAX));

@@ -165,3 +165,98 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A UDP port on 127.0.0.1 that is free now and lies below the kernel's ephemeral port range.
+/// A server restarted on it cannot lose it to a client socket bound to port 0 while it is down,
+/// and no two calls in one test binary return the same port.
+pub fn free_udp_port_below_ephemeral_range() -> u16 {
+    use rand::Rng;
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (from, to) = if low > 4096 { (low.saturating_sub(12000).max(2048), low) } else { (49152, 65535) };
+    let mut taken = TAKEN.lock().expect("port list");
+    let mut rng = rand::thread_rng();
+    for _ in 0..500 {
+        let port = rng.gen_range(from..to);
+        if !taken.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free UDP port in {from}..{to}");
+}
+
+/// Like [`ServerProc::start_on`], but also returns the start line (`… N leases restored, epoch
+/// E)`), and on failure shows what the server said.
+pub fn start_serve(dir: &Path, listen: &str, extra: &[&str]) -> (ServerProc, String) {
+    let d = dir.to_str().expect("utf8 path");
+    let mut cmd = lic(&["serve", "--listen", listen, "--data-dir", d]);
+    cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`lic-udp serve --listen {listen}` did not start within 20 s; it said: {said:#?}");
+        };
+        if let Some(rest) = line.split("serving on udp://").nth(1) {
+            let addr = rest.split_whitespace().next().expect("addr").parse().expect("socket addr");
+            return (ServerProc { child, addr, dir: dir.to_path_buf(), log: rx }, line);
+        }
+        said.push(line);
+    }
+}
+
+/// The `N` of `N leases restored` in a start line.
+pub fn restored_leases(start_line: &str) -> usize {
+    start_line
+        .split(" leases restored")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lease count in the start line: {start_line}"))
+}
+
+/// `(lease, instance)` of every holder of `license`, as `status --json` shows them.
+pub fn holders(dir: &Path, license: i64) -> Vec<(String, String)> {
+    let v = status_json(dir);
+    let lic = v["licenses"]
+        .as_array()
+        .expect("licenses")
+        .iter()
+        .find(|l| l["id"] == license)
+        .cloned()
+        .expect("license present");
+    let mut out: Vec<(String, String)> = lic["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().expect("holder field").to_owned();
+            (s("lease"), s("instance"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Sends `sig` to a child process this test started.
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, sig).expect("kill(2)");
+}

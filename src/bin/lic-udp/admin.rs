@@ -15,11 +15,12 @@ use crate::{default_data_dir, duration};
 
 #[derive(Args)]
 pub struct ServeOpt {
-    /// UDP address to listen on.
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    /// UDP address to listen on: IP:PORT, or an IP alone for the default port 7301.
+    #[arg(long, value_parser = listen_addr, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     listen: SocketAddr,
     /// Where licenses, accounts and leases are kept (created on first start, mode 0700).
-    #[arg(long, default_value_os_t = default_data_dir())]
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     /// Lease TTL for every license, overriding the types' (e.g. 3s, 2m).
     #[arg(long, value_parser = duration)]
@@ -41,12 +42,14 @@ pub enum UserCmd {
 
 #[derive(Args)]
 pub struct UserAddOpt {
+    /// The account name: 1 to 64 characters of A-Z a-z 0-9 . _ -
     #[arg(long)]
     user: String,
     /// Read the password from the first line of standard input instead of a hidden prompt.
     #[arg(long)]
     password_stdin: bool,
-    #[arg(long, default_value_os_t = default_data_dir())]
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
 }
 
@@ -61,15 +64,18 @@ pub struct IssueOpt {
     /// Seats, overriding the type's count.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     seats: Option<u16>,
+    /// Read the password from the first line of standard input instead of a hidden prompt.
     #[arg(long)]
     password_stdin: bool,
-    #[arg(long, default_value_os_t = default_data_dir())]
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
 }
 
 #[derive(Args)]
 pub struct StatusOpt {
-    #[arg(long, default_value_os_t = default_data_dir())]
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     /// Machine-readable output (format documented in README.md).
     #[arg(long)]
@@ -84,9 +90,11 @@ pub struct RevokeOpt {
     /// The license's owner.
     #[arg(long)]
     user: String,
+    /// Read the password from the first line of standard input instead of a hidden prompt.
     #[arg(long)]
     password_stdin: bool,
-    #[arg(long, default_value_os_t = default_data_dir())]
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
 }
 
@@ -114,6 +122,19 @@ fn password(from_stdin: bool, confirm: bool) -> Result<String, Failure> {
     Ok(pw)
 }
 
+/// `IP:PORT`, or `IP` alone for the default port.
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        .map_err(|_| {
+            format!("`{s}` is not an IP address or IP:PORT (examples: 0.0.0.0:7301, 127.0.0.1, [::]:7301)")
+        })
+}
+
 pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
     lic_udp::logging::init();
     if let (Some(ttl), Some(hb)) = (o.lease_ttl, o.heartbeat) {
@@ -125,22 +146,23 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
             )));
         }
     }
-    let store = Store::open(&o.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(IO, format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
+        // Bind first: a server that cannot listen should not have created a data dir.
         let socket = tokio::net::UdpSocket::bind(o.listen)
             .await
             .map_err(|e| Failure::new(IO, format!("cannot listen on UDP {}: {e}", o.listen)))?;
+        let store = Store::open(&o.data_dir)?;
         let opts = ServeOptions { ttl_override: o.lease_ttl, heartbeat_override: o.heartbeat, recover: o.recover };
         let (server, info) = Server::new(socket, store, opts).map_err(|e| Failure::new(IO, e.to_string()))?;
         let shutdown = shutdown_signal()?;
         tracing::info!(
             "lic-udp serving on udp://{} (store {}, {} licenses, {} leases restored, epoch {})",
             info.addr,
-            info.data_dir.display(),
+            std::fs::canonicalize(&info.data_dir).unwrap_or(info.data_dir.clone()).display(),
             info.licenses,
             info.restored_leases,
             info.epoch
@@ -180,14 +202,20 @@ pub fn user(c: UserCmd) -> Result<i32, Failure> {
             let pw = password(o.password_stdin, true)?;
             let first = store.user_count()? == 0;
             store.add_user(&o.user, &pw, first)?;
-            eprintln!("user {} added{}", o.user, if first { " (admin: first account)" } else { "" });
+            eprintln!(
+                "user {} added to {}{}",
+                o.user,
+                std::fs::canonicalize(&o.data_dir).unwrap_or(o.data_dir.clone()).display(),
+                if first { " (the first account is the admin)" } else { "" }
+            );
             Ok(0)
         }
     }
 }
 
 pub fn issue(o: IssueOpt) -> Result<i32, Failure> {
-    let mut store = Store::open(&o.data_dir)?;
+    // Never create a store here: a license issued into a stray data dir is one no server knows.
+    let mut store = Store::open_existing(&o.data_dir)?;
     let Some(ty) = store.site().get(&o.license_type).cloned() else {
         let known: Vec<&str> = store.site().types.keys().map(String::as_str).collect();
         return Err(Failure::usage(format!(
@@ -200,7 +228,12 @@ pub fn issue(o: IssueOpt) -> Result<i32, Failure> {
     store.check_user(&o.user, &pw)?;
     let (id, serial) = store.issue(&o.user, &ty, o.seats, unix_now())?;
     println!("{}", serial.as_str());
-    eprintln!("license {id} issued ({}, {} seats)", ty.name, o.seats.unwrap_or(ty.seats));
+    let seats = o.seats.unwrap_or(ty.seats);
+    eprintln!(
+        "license {id} issued ({}, {seats} seat{}); write the serial down now: it is shown only once",
+        ty.name,
+        if seats == 1 { "" } else { "s" }
+    );
     Ok(0)
 }
 
@@ -287,32 +320,34 @@ pub fn status(o: StatusOpt) -> Result<i32, Failure> {
             }
         })
         .collect();
+    use std::fmt::Write as _;
+    let mut text = String::new();
     if o.json {
-        let text = serde_json::to_string_pretty(&StatusJson { licenses })
+        text = serde_json::to_string_pretty(&StatusJson { licenses })
             .map_err(|e| Failure::new(IO, e.to_string()))?;
-        println!("{text}");
-        return Ok(0);
-    }
-    if licenses.is_empty() {
-        println!("no licenses yet; issue one with `lic-udp issue --user NAME --type team`");
-        return Ok(0);
-    }
-    println!("{:<4} {:<12} {:<8} {:>7}  {:<8} EXPIRES", "ID", "OWNER", "TYPE", "SEATS", "STATE");
-    for l in &licenses {
-        let seats = format!("{}/{}", l.in_use, l.seats);
-        let expires = l.expires.as_deref().unwrap_or("never");
-        println!(
-            "{:<4} {:<12} {:<8} {:>7}  {:<8} {}",
-            l.id, l.owner, l.license_type, seats, l.state, expires
+        text.push('\n');
+    } else if licenses.is_empty() {
+        text.push_str("no licenses yet; issue one with `lic-udp issue --user NAME --type team`\n");
+    } else {
+        let _ = writeln!(
+            text,
+            "{:<4} {:<12} {:<8} {:>7}  {:<8} EXPIRES",
+            "ID", "OWNER", "TYPE", "SEATS", "STATE"
         );
-        for h in &l.holders {
-            println!(
-                "     holder {}  instance {}  since {}",
-                h.address,
-                &h.instance[..12.min(h.instance.len())],
-                h.since
+        for l in &licenses {
+            let seats = format!("{}/{}", l.in_use, l.seats);
+            let expires = l.expires.as_deref().unwrap_or("never");
+            let _ = writeln!(
+                text,
+                "{:<4} {:<12} {:<8} {:>7}  {:<8} {}",
+                l.id, l.owner, l.license_type, seats, l.state, expires
             );
+            for h in &l.holders {
+                let instance = &h.instance[..12.min(h.instance.len())];
+                let _ = writeln!(text, "     holder {}  instance {instance}  since {}", h.address, h.since);
+            }
         }
     }
+    crate::print_stdout(&text)?;
     Ok(0)
 }

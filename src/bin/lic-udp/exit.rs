@@ -11,6 +11,7 @@ pub const UNREACHABLE: i32 = 3;
 pub const USAGE: i32 = 64;
 pub const NO_DATA: i32 = 66;
 pub const IO: i32 = 74;
+pub const CONFIG: i32 = 78;
 
 /// A message for stderr and the exit code that goes with it.
 pub struct Failure {
@@ -34,9 +35,9 @@ impl From<AcquireError> for Failure {
             AcquireError::Full { .. } | AcquireError::Busy { .. } | AcquireError::Unavailable { .. } => FULL,
             AcquireError::Revoked
             | AcquireError::Expired
-            | AcquireError::UnknownLicense
+            | AcquireError::UnknownLicense(_)
             | AcquireError::Kdf(_) => LICENSE,
-            AcquireError::Unreachable(_) => UNREACHABLE,
+            AcquireError::Unreachable(_) | AcquireError::TimedOut(_) => UNREACHABLE,
             AcquireError::Io { .. } => UNREACHABLE,
         };
         Self::new(code, e.to_string())
@@ -53,10 +54,8 @@ impl From<StoreError> for Failure {
             | StoreError::NoSuchLicense { .. }
             | StoreError::NotOwner { .. }
             | StoreError::AlreadyRevoked { .. } => LICENSE,
-            StoreError::BadUserName { .. }
-            | StoreError::EmptyPassword
-            | StoreError::BadSeats { .. }
-            | StoreError::Config(_) => USAGE,
+            StoreError::BadUserName { .. } | StoreError::EmptyPassword | StoreError::BadSeats { .. } => USAGE,
+            StoreError::Config(_) => CONFIG,
             StoreError::NoDataDir { .. } => NO_DATA,
             _ => IO,
         };
@@ -66,7 +65,7 @@ impl From<StoreError> for Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        Self::new(USAGE, e.to_string())
+        Self::new(CONFIG, e.to_string())
     }
 }
 

@@ -16,9 +16,9 @@ use exit::Failure;
 
 /// A floating-license server for software on a LAN.
 ///
-/// Exit codes: 0 success; 1 all seats in use; 2 license unknown, revoked or expired, wrong
-/// serial, or refused login; 3 no server answered; 64 usage error; 66 no data dir; 74 store or
-/// I/O error.
+/// Exit codes: 0 success; 1 all seats in use (or server busy); 2 license unknown, revoked or
+/// expired, wrong serial, or refused login; 3 no server answered; 64 usage error; 66 no data
+/// dir; 74 store or I/O error; 78 bad lic-udp.toml; `run`: 126/127 PROGRAM not runnable/found.
 #[derive(Parser)]
 #[command(name = "lic-udp", version, max_term_width = 100)]
 struct Cli {
@@ -50,6 +50,17 @@ enum Command {
 /// Parses `3s`, `500ms`, `2m` and the like.
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 3s, 500ms, 2m)"))
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
+pub(crate) fn print_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(exit::IO, format!("cannot write to stdout: {e}"))),
+    }
 }
 
 pub(crate) fn default_data_dir() -> PathBuf {

@@ -24,8 +24,9 @@ pub struct Target {
     /// 127.0.0.1:7301].
     #[arg(long)]
     server: Option<String>,
-    /// Give up a first acquisition after this long [default: the retransmit schedule, ~23 s].
-    #[arg(long, value_parser = duration)]
+    /// Give up a first acquisition after this long, at least 1s [default: the retransmit
+    /// schedule, 20-50 s].
+    #[arg(long, value_parser = timeout)]
     timeout: Option<Duration>,
 }
 
@@ -63,8 +64,18 @@ pub struct ActivateOpt {
     /// License server, HOST or HOST:PORT [default: $LIC_UDP_SERVER or 127.0.0.1:7301].
     #[arg(long)]
     server: Option<String>,
-    #[arg(long, value_parser = duration)]
+    /// Give up after this long, at least 1s [default: the retransmit schedule, 20-50 s].
+    #[arg(long, value_parser = timeout)]
     timeout: Option<Duration>,
+}
+
+/// A timeout shorter than a second would give up while a GRANT is still on its way.
+fn timeout(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("the timeout must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 7301.
@@ -85,7 +96,15 @@ fn resolve(server: &str) -> Result<SocketAddr, Failure> {
 /// Serial and server from the flags, then the environment, then the activation file.
 fn client_for(t: &Target) -> Result<(Client, Serial), Failure> {
     let path = activation::default_path()?;
-    let act = activation::load(&path)?;
+    let act = match activation::load(&path) {
+        Ok(a) => a,
+        // Only needed when no serial was given; otherwise say so and carry on without it.
+        Err(e) if t.serial.is_some() => {
+            eprintln!("lic-udp: ignoring the activation file: {e}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let server_text = t
         .server
         .clone()
@@ -133,7 +152,14 @@ async fn acquire_noisy(client: &Client, serial: &Serial) -> Result<Seat, lic_udp
             eprintln!("lic-udp: no answer from the license server at {} yet; still trying", client.server());
         }
     }
-    acquire.await
+    match acquire.await {
+        // A GRANT may still be on its way; stay a moment so that it is released, not leaked.
+        Err(e @ lic_udp::AcquireError::TimedOut(_)) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(e)
+        }
+        r => r,
+    }
 }
 
 fn describe(seat: &Seat) -> String {
@@ -222,13 +248,21 @@ async fn supervise(
                 match now {
                     SeatStatus::Held => eprintln!("lic-udp: license seat regained"),
                     SeatStatus::Lost => {
-                        eprintln!("lic-udp: lost the license seat (no answer from {server} within the lease TTL); trying to regain it");
+                        if on_loss == OnLoss::Kill {
+                            eprintln!("lic-udp: lost the license seat (no answer from {server} within the lease TTL); stopping the program (--on-loss kill)");
+                        } else {
+                            eprintln!("lic-udp: lost the license seat (no answer from {server} within the lease TTL); trying to regain it");
+                        }
                         if on_loss == OnLoss::Kill {
                             forward(child, nix::sys::signal::Signal::SIGTERM);
                         }
                     }
                     SeatStatus::Ended(reason) => {
-                        eprintln!("lic-udp: the license has ended ({reason:?}); the seat cannot be regained");
+                        let why = match reason {
+                            lic_udp::proto::wire::DenyReason::Expired => "has expired",
+                            _ => "was revoked",
+                        };
+                        eprintln!("lic-udp: the license {why}; the seat cannot be regained");
                         watching = false;
                         if on_loss == OnLoss::Kill {
                             forward(child, nix::sys::signal::Signal::SIGTERM);
