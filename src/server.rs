@@ -305,8 +305,11 @@ impl Server {
             Ok(Some((v, licenses))) => {
                 self.data_version.store(v, std::sync::atomic::Ordering::Relaxed);
                 let n = licenses.len();
+                let before: usize = self.core.seats_in_use().len();
                 self.core.sync_licenses(licenses.iter().map(|l| l.record()).collect());
-                tracing::info!("store changed: {n} license{} loaded", if n == 1 { "" } else { "s" });
+                if n != before {
+                    tracing::info!("store changed: {n} license{} loaded", if n == 1 { "" } else { "s" });
+                }
                 return Ok(true);
             }
             Ok(None) => {}
