@@ -1,25 +1,28 @@
 //! The server's IO layer: one UDP socket, the store, the clock and the OS RNG around
-//! [`ServerCore`]. Everything protocol-shaped lives in the core; this file only moves bytes,
-//! commits the grant journal before gated replies leave, and reloads licenses when the store
-//! changes.
+//! [`ServerCore`]. Everything protocol-shaped lives in the core; this module only moves bytes
+//! (in batches, on one thread), commits the grant journal before gated replies leave, and
+//! reloads licenses when the store changes.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use tokio::net::UdpSocket;
 
-use crate::proto::server::{JournalOp, Reply, ServerConfig, ServerCore};
+use crate::proto::server::{Reply, ServerConfig, ServerCore};
 use crate::proto::wire::{MsgType, MAX_DATAGRAM};
 use crate::store::{Store, StoreError};
 
 /// The documented default port (proto-spec.md §1).
 pub const DEFAULT_PORT: u16 = 7301;
 
-/// How many datagrams one wakeup handles before committing their grants together.
-const BATCH: usize = 64;
+mod batch;
+
+/// How long the IO thread blocks at most before it looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
 /// How often the server flushes removals, probes a failed store and checks for new licenses.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -55,7 +58,7 @@ pub struct Server {
     core: Arc<ServerCore>,
     store: Arc<Mutex<Store>>,
     /// The store's `data_version` when licenses were last loaded.
-    data_version: std::sync::atomic::AtomicI64,
+    data_version: AtomicI64,
     /// When an UNKNOWN last made the server reread the store (at most every [`UNKNOWN_RELOAD`]).
     last_unknown_reload: Mutex<Instant>,
 }
@@ -126,7 +129,7 @@ impl Server {
             socket,
             core: Arc::new(core),
             store: Arc::new(Mutex::new(store)),
-            data_version: std::sync::atomic::AtomicI64::new(data_version),
+            data_version: AtomicI64::new(data_version),
             last_unknown_reload: Mutex::new(
                 Instant::now().checked_sub(UNKNOWN_RELOAD).unwrap_or_else(Instant::now),
             ),
@@ -139,105 +142,141 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then commits what is pending and returns.
+    ///
+    /// The datagrams are handled on one dedicated thread with blocking, batched system calls
+    /// ([`batch`]); the async side only waits for `shutdown`. Store writes happen on that thread
+    /// too, between batches, so a GRANT never leaves before its commit.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = self.socket.into_std().map_err(ServeError::Socket)?;
+        socket.set_nonblocking(false).map_err(ServeError::Socket)?;
+        let worker = Worker {
+            socket,
+            core: self.core,
+            store: self.store,
+            data_version: self.data_version,
+            last_unknown_reload: self.last_unknown_reload,
+        };
+        let flag = stop.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("lic-udp-io".into())
+            .spawn(move || {
+                let _ = done_tx.send(worker.run(&flag));
+            })
+            .map_err(ServeError::Socket)?;
         tokio::pin!(shutdown);
-        let mut buf = vec![0u8; 2048];
-        let mut next_timeout = tokio::time::Instant::from_std(self.core.poll_timeout(Instant::now()));
+        tokio::pin!(done_rx);
+        tokio::select! {
+            _ = &mut shutdown => {
+                stop.store(true, Ordering::Relaxed);
+                done_rx.await.map_err(|_| ServeError::Worker)?
+            }
+            r = &mut done_rx => r.map_err(|_| ServeError::Worker)?,
+        }
+    }
+}
+
+type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
+
+/// The IO thread's state.
+struct Worker {
+    socket: std::net::UdpSocket,
+    core: Arc<ServerCore>,
+    store: Arc<Mutex<Store>>,
+    data_version: AtomicI64,
+    last_unknown_reload: Mutex<Instant>,
+}
+
+impl Worker {
+    fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
+        let mut bufs = batch::RecvBufs::new();
+        let mut out: Vec<Out> = Vec::with_capacity(batch::BATCH);
+        let mut gated: Vec<Out> = Vec::new();
+        let mut next_timeout = self.core.poll_timeout(Instant::now());
         let mut next_housekeeping = Instant::now() + TICK;
-        let mut gated: Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)> = Vec::new();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                r = self.socket.recv_from(&mut buf) => {
-                    match r {
-                        Ok((n, src)) => self.on_datagram(&buf, n, src, &mut gated).await,
-                        // ICMP errors for earlier sends surface here on some systems; they say
-                        // nothing about this socket's health.
-                        Err(e) => tracing::debug!("recv error: {e}"),
-                    }
-                    // Drain what is already queued so that grants share one commit.
-                    for _ in 1..BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
-                            Ok((n, src)) => self.on_datagram(&buf, n, src, &mut gated).await,
-                            Err(_) => break,
-                        }
+        while !stop.load(Ordering::Relaxed) {
+            // Wake for the core's next deadline, and at least every 50 ms to see `stop`.
+            let wait = next_timeout
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), STOP_POLL);
+            self.socket.set_read_timeout(Some(wait)).map_err(ServeError::Socket)?;
+            match batch::recv(&self.socket, &mut bufs) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (_, src, truncated) = bufs.got[i];
+                        let datagram = if truncated { &[][..] } else { bufs.datagram(i) };
+                        self.on_datagram(datagram, src, &mut out, &mut gated);
                     }
                     if !gated.is_empty() {
-                        self.commit_and_send(&mut gated).await?;
+                        self.commit(&mut out, &mut gated);
                     }
+                    batch::send(&self.socket, &out);
+                    out.clear();
                 }
-                _ = tokio::time::sleep_until(next_timeout) => {
-                    let now = Instant::now();
-                    self.core.handle_timeout(now);
-                    next_timeout = tokio::time::Instant::from_std(self.core.poll_timeout(now));
-                    // The store work runs once a period, even while a mass expiry makes the core
-                    // ask for timeouts back to back.
-                    if now >= next_housekeeping {
-                        next_housekeeping = now + TICK;
-                        if !self.core.store_available() {
-                            self.probe_store().await?;
-                        }
-                        if self.core.has_pending_journal() {
-                            self.commit_and_send(&mut gated).await?;
-                        }
-                        self.reload_if_changed().await?;
-                    }
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // ICMP errors for earlier sends surface here; they say nothing about this socket.
+                Err(e) => tracing::debug!("recv error: {e}"),
+            }
+            let now = Instant::now();
+            if now >= next_timeout {
+                self.core.handle_timeout(now);
+                next_timeout = self.core.poll_timeout(now);
+            }
+            // The store work runs once a period, even while a mass expiry makes the core ask
+            // for timeouts back to back.
+            if now >= next_housekeeping {
+                next_housekeeping = now + TICK;
+                if !self.core.store_available() {
+                    self.probe_store();
                 }
+                if self.core.has_pending_journal() {
+                    self.commit(&mut out, &mut gated);
+                    batch::send(&self.socket, &out);
+                    out.clear();
+                }
+                self.reload_if_changed();
             }
         }
         if self.core.has_pending_journal() {
-            self.commit_and_send(&mut gated).await?;
+            self.commit(&mut out, &mut gated);
+            batch::send(&self.socket, &out);
         }
         Ok(())
     }
 
-    async fn on_datagram(
-        &self,
-        buf: &[u8],
-        n: usize,
-        src: SocketAddr,
-        gated: &mut Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)>,
-    ) {
-        let mut out = [0u8; MAX_DATAGRAM];
-        let datagram = buf.get(..n).unwrap_or_default();
-        let mut reply = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out);
-        if matches!(reply, Reply::Send(_))
-            && out[3] == MsgType::Unknown as u8
-            && self.may_reload_for_unknown()
+    fn on_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
+        let mut reply = [0u8; MAX_DATAGRAM];
+        let mut r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
+        if matches!(r, Reply::Send(_)) && reply[3] == MsgType::Unknown as u8 && self.may_reload_for_unknown()
         {
             // Perhaps issued a moment ago by `lic-udp issue`: look again before saying no.
-            if self.reload_if_changed().await.unwrap_or(false) {
-                reply = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut out);
+            if self.reload_if_changed() {
+                r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
             }
         }
-        match reply {
+        match r {
             Reply::None => {}
-            Reply::Send(k) => {
-                if let Err(e) = self.socket.send_to(&out[..k], src).await {
-                    tracing::debug!("send to {src} failed: {e}");
-                }
-            }
-            Reply::AfterCommit(k) => gated.push((src, out, k)),
+            Reply::Send(k) => out.push((src, reply, k)),
+            Reply::AfterCommit(k) => gated.push((src, reply, k)),
         }
     }
 
-    /// Commits the journal, then sends the replies that waited for it (proto-spec.md §7). If
-    /// the store refuses, the grants are undone and their replies dropped: a seat that is not
-    /// recorded is never handed out.
-    async fn commit_and_send(
-        &self,
-        gated: &mut Vec<(SocketAddr, [u8; MAX_DATAGRAM], usize)>,
-    ) -> Result<(), ServeError> {
+    /// Commits the journal, then releases the replies that waited for it into `out`
+    /// (proto-spec.md §7). If the store refuses, the grants are undone, their replies dropped,
+    /// and new seats are denied until the store takes writes again.
+    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
         let ops = self.core.drain_journal();
-        let result = if ops.is_empty() { Ok(()) } else { self.apply(ops.clone()).await? };
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops))
+        };
         match result {
             Ok(()) => {
                 self.core.committed(&ops);
-                for (dst, out, k) in gated.drain(..) {
-                    if let Err(e) = self.socket.send_to(&out[..k], dst).await {
-                        tracing::debug!("send to {dst} failed: {e}");
-                    }
-                }
+                out.append(gated);
             }
             Err(e) => {
                 if self.core.store_available() {
@@ -250,33 +289,17 @@ impl Server {
                 gated.clear();
             }
         }
-        Ok(())
-    }
-
-    async fn apply(&self, ops: Vec<JournalOp>) -> Result<Result<(), StoreError>, ServeError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || match store.lock() {
-            Ok(mut s) => s.apply(&ops),
-            Err(_) => Err(StoreError::Poisoned),
-        })
-        .await
-        .map_err(|_| ServeError::Worker)
     }
 
     /// After a failed commit: is the disk taking writes again?
-    async fn probe_store(&self) -> Result<(), ServeError> {
-        let store = self.store.clone();
-        let ok = tokio::task::spawn_blocking(move || store.lock().map_err(|_| StoreError::Poisoned)?.probe())
-            .await
-            .map_err(|_| ServeError::Worker)?;
-        if ok.is_ok() {
+    fn probe_store(&self) {
+        let ok = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.probe()).is_ok();
+        if ok {
             tracing::info!("the store takes writes again; granting new seats");
             self.core.set_store_available(true);
         }
-        Ok(())
     }
 
-    /// Picks up licenses issued or revoked by other processes (`lic-udp issue`, `revoke`).
     fn may_reload_for_unknown(&self) -> bool {
         let Ok(mut last) = self.last_unknown_reload.lock() else { return false };
         let now = Instant::now();
@@ -287,34 +310,33 @@ impl Server {
         true
     }
 
+    /// Picks up licenses issued or revoked by other processes (`lic-udp issue`, `revoke`).
     /// True if licenses were reloaded.
-    async fn reload_if_changed(&self) -> Result<bool, ServeError> {
-        let store = self.store.clone();
-        let seen = self.data_version.load(std::sync::atomic::Ordering::Relaxed);
-        let fresh = tokio::task::spawn_blocking(move || -> Result<Option<(i64, Vec<_>)>, StoreError> {
-            let s = store.lock().map_err(|_| StoreError::Poisoned)?;
+    fn reload_if_changed(&self) -> bool {
+        let seen = self.data_version.load(Ordering::Relaxed);
+        let fresh = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|s| {
             let v = s.data_version()?;
             if v == seen {
                 return Ok(None);
             }
             Ok(Some((v, s.licenses()?)))
-        })
-        .await
-        .map_err(|_| ServeError::Worker)?;
+        });
         match fresh {
             Ok(Some((v, licenses))) => {
-                self.data_version.store(v, std::sync::atomic::Ordering::Relaxed);
+                self.data_version.store(v, Ordering::Relaxed);
                 let n = licenses.len();
-                let before: usize = self.core.seats_in_use().len();
+                let before = self.core.seats_in_use().len();
                 self.core.sync_licenses(licenses.iter().map(|l| l.record()).collect());
                 if n != before {
                     tracing::info!("store changed: {n} license{} loaded", if n == 1 { "" } else { "s" });
                 }
-                return Ok(true);
+                true
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("cannot reread licenses: {e}"),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!("cannot reread licenses: {e}");
+                false
+            }
         }
-        Ok(false)
     }
 }
