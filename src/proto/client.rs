@@ -65,6 +65,13 @@ pub enum Event {
     Released,
 }
 
+/// PROOF transmissions before a first acquisition starts over with a fresh HELLO.
+const PROOF_SENDS_FIRST: u32 = 3;
+/// The same while regaining a seat: the loss deadline leaves less room.
+const PROOF_SENDS_REGAIN: u32 = 2;
+/// Fresh starts after unanswered PROOFs before a first acquisition reports unreachable.
+const PROOF_RESTARTS_FIRST: u32 = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
     /// Retransmission, heartbeat or backoff, depending on the phase.
@@ -145,6 +152,8 @@ pub struct ClientCore {
     phase: Phase,
     tenure: Option<Tenure>,
     reported_unreachable: bool,
+    /// PROOF steps given up for a fresh HELLO since the last grant.
+    proof_restarts: u32,
     timers: Timers,
     out: VecDeque<([u8; MAX_DATAGRAM], usize)>,
     events: VecDeque<Event>,
@@ -161,6 +170,7 @@ impl ClientCore {
             phase: Phase::Done,
             tenure: None,
             reported_unreachable: false,
+            proof_restarts: 0,
             timers: Timers::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -363,7 +373,13 @@ impl ClientCore {
             return;
         }
         self.timers.stop(Timer::Phase);
-        let max = self.cfg.rto_max;
+        // While a seat is held (or being regained), no wait between retries exceeds the
+        // heartbeat interval: the last tries before the loss deadline must not be spaced wider
+        // than the deadline leaves room for (proto-spec.md §6).
+        let max = match &self.tenure {
+            Some(t) => self.cfg.rto_max.min(t.heartbeat),
+            None => self.cfg.rto_max,
+        };
         let limit = self.cfg.handshake_sends;
         match &mut self.phase {
             Phase::Hello { sends, rto, .. } => {
@@ -379,8 +395,12 @@ impl ClientCore {
                     self.start_hello(now);
                     return;
                 }
-                if *sends >= limit {
-                    if self.exhausted() {
+                // An unanswered PROOF may carry a cookie of a server that has since restarted
+                // (new cookie keys): a fresh HELLO soon is better than more of the same PROOF.
+                let fallback = if self.tenure.is_some() { PROOF_SENDS_REGAIN } else { PROOF_SENDS_FIRST };
+                if *sends >= fallback.min(limit) {
+                    self.proof_restarts += 1;
+                    if self.proof_restarts >= PROOF_RESTARTS_FIRST && self.exhausted() {
                         return;
                     }
                     self.start_hello(now);
@@ -501,6 +521,7 @@ impl ClientCore {
         }
         self.tenure = Some(Tenure { lease_id: g.lease_id, ttl, heartbeat, lost: false });
         self.reported_unreachable = false;
+        self.proof_restarts = 0;
         self.phase = Phase::Held(HeldSession {
             lease_id: g.lease_id,
             epoch: g.epoch,
