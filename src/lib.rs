@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod logging;

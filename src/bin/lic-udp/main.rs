@@ -4,6 +4,7 @@
 //! lines over the library. It is the only place that prints to the terminal or exits.
 
 mod admin;
+mod bench;
 mod exit;
 mod user;
 
@@ -45,6 +46,8 @@ enum Command {
     Run(user::RunOpt),
     /// Store the serial (and the keys derived from it) so later commands need no --serial.
     Activate(user::ActivateOpt),
+    /// Measure heartbeat throughput, ACK latency and server CPU with many simulated instances.
+    Bench(bench::BenchOpt),
 }
 
 /// Parses `3s`, `500ms`, `2m` and the like.
@@ -98,5 +101,6 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Verify(o) => user::verify(o),
         Command::Run(o) => user::run(o),
         Command::Activate(o) => user::activate(o),
+        Command::Bench(o) => bench::bench(o),
     }
 }
