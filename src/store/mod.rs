@@ -289,6 +289,7 @@ fn initialise(conn: &mut Connection, db: &Path, kdf: KdfParams) -> Result<(), St
     let mut salt = [0u8; 16];
     OsRng.fill_bytes(&mut salt);
     tx.execute_batch(schema::CREATE).at(db)?;
+    tx.execute_batch(schema::LEASES).at(db)?;
     tx.pragma_update(None, "application_id", APP_ID).at(db)?;
     {
         let mut put = tx.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)").at(db)?;

@@ -11,16 +11,8 @@ use rusqlite::TransactionBehavior;
 use super::{corrupt, lease_id_from_sql, At, Store, StoreError};
 use crate::proto::server::RestoredLease;
 
-/// Recreates a dropped `leases` table, and holds what recovery could not read.
-const ENSURE: &str = "
-CREATE TABLE IF NOT EXISTS leases (
-    lease_id    INTEGER PRIMARY KEY,
-    license     INTEGER NOT NULL,
-    instance_id BLOB NOT NULL CHECK (length(instance_id) = 16),
-    addr        TEXT NOT NULL,
-    since       INTEGER NOT NULL,
-    UNIQUE (license, instance_id)
-) STRICT;
+/// Holds what recovery could not read; untyped, so that any damaged value fits.
+const DAMAGED: &str = "
 CREATE TABLE IF NOT EXISTS leases_damaged (
     lease_id    ANY,
     license     ANY,
@@ -62,7 +54,12 @@ impl Store {
     pub fn recover_leases(&mut self, now_unix: u64) -> Result<(Vec<RestoredLease>, usize), StoreError> {
         let db = &self.db;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).at(db)?;
-        tx.execute_batch(ENSURE).at(db)?;
+        // A dropped `leases` table comes back as schema.rs defines it.
+        tx.execute_batch(
+            &super::schema::LEASES.replace("CREATE TABLE leases", "CREATE TABLE IF NOT EXISTS leases"),
+        )
+        .at(db)?;
+        tx.execute_batch(DAMAGED).at(db)?;
         let rows: Vec<(i64, Vec<Value>)> = {
             let mut st =
                 tx.prepare("SELECT rowid, lease_id, license, instance_id, addr, since FROM leases").at(db)?;

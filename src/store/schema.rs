@@ -38,6 +38,10 @@ CREATE TABLE licenses (
     heartbeat_ms INTEGER NOT NULL
 ) STRICT;
 
+";
+
+/// The grant journal, kept apart so that `--recover` can recreate it exactly.
+pub const LEASES: &str = "
 -- lease_id is the u64 from the wire, stored with the same bits as an i64.
 -- UNIQUE (license, instance_id): one instance holds at most one seat of a license
 -- (proto-spec.md §2), so a newer grant replaces a row whose removal was never recorded.

@@ -99,6 +99,19 @@ pub struct ServerCore {
     stats: Stats,
 }
 
+/// The session keys a PROOF opens (proto-spec.md §3); `lease_id` 0 gives the DENY key.
+fn proof_session(rec: &LicenseRecord, p: &Proof, lease_id: u64, epoch: u32) -> SessionKeys {
+    derive_session_keys(
+        &rec.keys.k_auth,
+        &p.client_nonce,
+        &p.cookie,
+        &p.license_id,
+        &p.instance_id,
+        lease_id,
+        epoch,
+    )
+}
+
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
@@ -476,15 +489,7 @@ impl ServerCore {
                         return self.grant(&keys, lease_id, ttl, hb, used, seats, durable, out);
                     }
                 }
-                let keys = derive_session_keys(
-                    &lic.rec.keys.k_auth,
-                    &p.client_nonce,
-                    &p.cookie,
-                    &p.license_id,
-                    &p.instance_id,
-                    lease_id,
-                    epoch,
-                );
+                let keys = proof_session(&lic.rec, p, lease_id, epoch);
                 lease.session = Some(Session {
                     keys: keys.clone(),
                     client_nonce: p.client_nonce,
@@ -523,15 +528,7 @@ impl ServerCore {
         }
         // Step 7: a new lease, journaled; its GRANT waits for the commit.
         let lease_id = self.new_lease_id();
-        let keys = derive_session_keys(
-            &lic.rec.keys.k_auth,
-            &p.client_nonce,
-            &p.cookie,
-            &p.license_id,
-            &p.instance_id,
-            lease_id,
-            epoch,
-        );
+        let keys = proof_session(&lic.rec, p, lease_id, epoch);
         let record = RestoredLease {
             lease_id,
             license: lic.rec.id,
@@ -616,15 +613,7 @@ impl ServerCore {
         out: &mut [u8],
     ) -> Reply {
         bump(&self.stats.denials);
-        let keys = derive_session_keys(
-            &rec.keys.k_auth,
-            &p.client_nonce,
-            &p.cookie,
-            &p.license_id,
-            &p.instance_id,
-            0,
-            self.cfg.epoch,
-        );
+        let keys = proof_session(rec, p, 0, self.cfg.epoch);
         let msg = Message::Deny(Deny {
             epoch: self.cfg.epoch,
             reason: reason as u8,
