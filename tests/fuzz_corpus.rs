@@ -115,13 +115,11 @@ fn seeds_reach_deep_states() {
     assert!(events.iter().any(|e| e.starts_with("Granted")), "{events:?}");
 }
 
-/// KNOWN BUG 1 (see tests/fuzzing/mod.rs): a failed journal commit drops the batch's lease
-/// removals; after the seats are given out again, a restart restores more leases than the license
-/// has seats, and the holder of the resurrected lease regains it, so three copies run on two
-/// seats. The fuzz targets tolerate exactly that excess; this test enforces the limit and fails
-/// until src/ is fixed. Run it with `cargo test --test fuzz_corpus -- --ignored known_bug_1`.
+/// Regression test for KNOWN BUG 1, found by the `server` fuzz target and now fixed: a failed
+/// journal commit dropped the batch's lease removals; after the seats were given out again, a
+/// restart restored more leases than the license had seats, so three copies ran on two seats.
+/// `commit_failed` now requeues removals and `restore` enforces the seat limit.
 #[test]
-#[ignore = "KNOWN BUG 1: a failed commit loses lease removals; a restart then overbooks the license"]
 fn known_bug_1_lost_remove_overbooks_after_restart() {
     let dir = fuzz_dir().join("corpus/server");
     let repros: Vec<PathBuf> =

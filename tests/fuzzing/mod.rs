@@ -22,7 +22,7 @@
 //!   within a few calls (no spin); every datagram it sends is a valid client-to-server datagram;
 //!   a finished core has no timer and sends nothing; event order is sane.
 //!
-//! KNOWN BUG 1 (found by the `server` target; not fixed here): when a journal commit fails,
+//! KNOWN BUG 1 (found by the `server` target; fixed in src/proto/server): when a journal commit failed,
 //! `src/server.rs` calls `ServerCore::commit_failed`, which undoes the batch's grants, and drops
 //! the batch's `Remove` ops (expiries, releases) for good. The store then still holds the
 //! expired lease. Once grants resume and fill the seats, a restart restores every lease the
@@ -775,9 +775,10 @@ fn check_server_reply(src: SocketAddr, request: &[u8], reply: &[u8], after_commi
 
 /// Drives a [`ServerCore`] with the records of `data` (see the module docs).
 ///
-/// Tolerates KNOWN BUG 1 (see the module docs); [`server_sequence_strict`] does not.
+/// Enforces the seat limit exactly. (It used to tolerate KNOWN BUG 1, now fixed in
+/// `ServerCore::commit_failed` and `restore`; the lenient mode stays for comparison.)
 pub fn server_sequence(data: &[u8]) {
-    server_sequence_probe(data, false);
+    server_sequence_probe(data, true);
 }
 
 /// [`server_sequence`] with the seat limit enforced exactly, KNOWN BUG 1 included.

@@ -160,6 +160,15 @@ impl ServerCore {
         let Some(mut lic) = self.licenses.get_mut(&license_id) else {
             return;
         };
+        // The store may hold more than the license allows (a removal lost to a failed commit,
+        // seats lowered while the server was down) or two leases of one instance. The limit
+        // holds anyway: the oldest grants are kept (the store lists them by age), the rest are
+        // dropped and their removal journaled.
+        if lic.holders.contains_key(&r.instance_id) || lic.holders.len() >= usize::from(lic.rec.seats) {
+            drop(lic);
+            self.push_journal(JournalOp::Remove { lease_id: r.lease_id });
+            return;
+        }
         let ttl = self.ttl(&lic.rec);
         let lease_id = r.lease_id;
         lic.holders.insert(r.instance_id, r.lease_id);
@@ -253,13 +262,18 @@ impl ServerCore {
 
     /// The store refused `ops`: undo their grants, since a seat that is not recorded must not be
     /// handed out. Their GRANTs are never sent; the clients retransmit and try again.
+    /// Removals in `ops` go back into the journal for the next commit: losing one would
+    /// leave a lease in the store that a restart would bring back.
     pub fn commit_failed(&self, ops: &[JournalOp]) {
         for op in ops {
-            if let JournalOp::Grant(g) = op {
-                let license_id = self.leases.get(&g.lease_id).map(|l| l.license_id);
-                if let Some(license_id) = license_id {
-                    self.remove_lease(&license_id, g.lease_id, &g.instance_id, None);
+            match op {
+                JournalOp::Grant(g) => {
+                    let license_id = self.leases.get(&g.lease_id).map(|l| l.license_id);
+                    if let Some(license_id) = license_id {
+                        self.remove_lease(&license_id, g.lease_id, &g.instance_id, None);
+                    }
                 }
+                JournalOp::Remove { .. } => self.push_journal(op.clone()),
             }
         }
     }
