@@ -295,7 +295,8 @@ impl Worker {
     }
 
     /// Gives every lease back (HEARTBEAT with RELEASE), so an external server's seats are free
-    /// at once for the next run. Bounded: each instance sends at most [`RELEASE_SENDS`] times.
+    /// at once for the next run. Bounded: each instance sends at most [`RELEASE_SENDS`] times,
+    /// and the pass ends when nothing has been released for that many timeouts.
     fn release(&mut self, plan: &Plan) {
         let st = &mut self.st;
         st.phase = Phase::Release;
@@ -304,11 +305,16 @@ impl Worker {
         for s in &mut st.slots {
             s.sends = 0;
         }
-        let give_up = Instant::now() + plan.timeout * u32::from(RELEASE_SENDS) + plan.timeout;
+        let patience = plan.timeout * (u32::from(RELEASE_SENDS) + 1);
+        let (mut released, mut progress_at) = (st.c.released, Instant::now());
         loop {
             let now = Instant::now();
             let st = &self.st;
-            if (st.free.is_empty() && st.again.is_empty() && st.outstanding == 0) || now >= give_up {
+            if st.c.released != released {
+                (released, progress_at) = (st.c.released, now);
+            }
+            let finished = st.free.is_empty() && st.again.is_empty() && st.outstanding == 0;
+            if finished || now.saturating_duration_since(progress_at) >= patience {
                 break;
             }
             self.st.expire(now, plan.timeout, true);

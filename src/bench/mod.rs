@@ -349,10 +349,13 @@ struct HeartbeatResult {
     threads: usize,
     server_cpu: Option<(f64, u64)>,
     generator_cpu: Option<f64>,
+    /// How long giving the leases back took, if it was done.
+    release: Option<Duration>,
 }
 
 impl HeartbeatResult {
     fn fill(&self, r: &mut BenchReport) {
+        r.release_s = self.release.map(|d| d.as_secs_f64());
         let c = &self.counts;
         r.threads = self.threads as u64;
         r.duration_s = self.duration.as_secs_f64();
@@ -504,6 +507,7 @@ fn heartbeat_phase(
         pb.set_message("releasing the leases");
     }
     resume.open();
+    let release_start = Instant::now();
 
     let mut counts = Counts::default();
     let mut latency = new_histogram();
@@ -515,7 +519,16 @@ fn heartbeat_phase(
     if let Some(e) = spawn_error {
         return Err(BenchError::Io(format!("cannot start a generator thread: {e}")));
     }
-    Ok(HeartbeatResult { counts, latency, duration: cfg.duration, threads, server_cpu, generator_cpu })
+    let release = (cfg.release && mode == Mode::Protocol).then(|| release_start.elapsed());
+    Ok(HeartbeatResult {
+        counts,
+        latency,
+        duration: cfg.duration,
+        threads,
+        server_cpu,
+        generator_cpu,
+        release,
+    })
 }
 
 #[cfg(test)]

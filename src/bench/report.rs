@@ -61,7 +61,9 @@ impl Latency {
 ///   `ack_failed_verification`: ACKs whose tag did not verify (echo: altered replies).
 ///   `stale`: STALE replies (the lease was gone; that instance stopped). `ack_not_ok`: valid ACKs
 ///   with status REVOKED or EXPIRED. `unexpected`: anything else received.
-///   `send_errors`, `recv_errors`: failed socket calls. `released`: leases given back at the end.
+///   `send_errors`, `recv_errors`: failed socket calls. `released`: leases given back at the end
+///   (HEARTBEAT with RELEASE answered by ACK RELEASED or STALE); `release_s`: how long that
+///   took (`null` when nothing was released: echo mode, `--no-release`).
 /// - `server_cpu_s`: CPU time (user + system) of the spawned server's threads (or the echo
 ///   responder's) during the heartbeat phase and its drain; `server_heartbeats`: heartbeats (or
 ///   echoes) it handled in that time, by its own count; `server_cpu_s_per_million`:
@@ -105,6 +107,7 @@ pub struct BenchReport {
     pub send_errors: u64,
     pub recv_errors: u64,
     pub released: u64,
+    pub release_s: Option<f64>,
     pub server_cpu_s: Option<f64>,
     pub server_heartbeats: Option<u64>,
     pub server_cpu_s_per_million: Option<f64>,
@@ -197,7 +200,8 @@ impl fmt::Display for BenchReport {
                 "STALE / not OK / unexpected",
                 format!("{} / {} / {}", self.stale, self.ack_not_ok, self.unexpected),
             )?;
-            row(f, "released at the end", self.released.to_string())?;
+            let took = self.release_s.map_or_else(String::new, |s| format!(" in {s:.3} s"));
+            row(f, "released at the end", format!("{}{took}", self.released))?;
         } else {
             row(f, "unexpected", self.unexpected.to_string())?;
         }
