@@ -1,11 +1,9 @@
 //! `lic-udp bench`: heartbeat throughput of a server, with many simulated instances.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::Args;
 use lic_udp::bench::{self, BenchConfig, BenchError, BenchReport, Target};
-use lic_udp::server::DEFAULT_PORT;
 use lic_udp::Serial;
 
 use crate::duration;
@@ -103,21 +101,6 @@ pub struct BenchOpt {
     no_release: bool,
 }
 
-/// `HOST`, `HOST:PORT`, `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 7301.
-fn resolve(server: &str) -> Result<SocketAddr, Failure> {
-    if let Ok(a) = server.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = server.trim_matches(['[', ']']).parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    let has_port = server.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    let text = if has_port { server.to_owned() } else { format!("{server}:{DEFAULT_PORT}") };
-    text.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        Failure::usage(format!("cannot resolve the server address `{server}` (use HOST or HOST:PORT)"))
-    })
-}
-
 impl From<BenchError> for Failure {
     fn from(e: BenchError) -> Self {
         let code = match &e {
@@ -144,7 +127,7 @@ pub fn bench(o: BenchOpt) -> Result<i32, Failure> {
                 .iter()
                 .map(|s| Serial::parse(s).map_err(|e| Failure::usage(e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
-            Target::Remote { addr: resolve(s)?, serials }
+            Target::Remote { addr: crate::user::resolve(s)?, serials }
         }
         (None, false) => return Err(Failure::usage("give --server ADDR (with --serial) or --spawn")),
     };

@@ -79,7 +79,7 @@ fn timeout(s: &str) -> Result<Duration, String> {
 }
 
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 7301.
-fn resolve(server: &str) -> Result<SocketAddr, Failure> {
+pub(crate) fn resolve(server: &str) -> Result<SocketAddr, Failure> {
     if let Ok(a) = server.parse::<SocketAddr>() {
         return Ok(a);
     }
