@@ -16,7 +16,7 @@ use nix::sys::socket::MsgFlags;
 
 use super::mmsg::Batch;
 
-/// The echo thread's name, under which its CPU time is found (see [`super::cpu`]).
+/// The echo thread's name, for debuggers and `top -H`.
 pub const THREAD_NAME: &str = "lic-bench-echo";
 
 /// A running echo responder on 127.0.0.1. Stops (and joins its thread) on drop.

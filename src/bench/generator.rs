@@ -30,7 +30,7 @@ use super::handshake::Granted;
 use super::mmsg::{Batch, BATCH};
 use super::{bind_addr, new_histogram, Gate};
 
-/// The generator threads' name, under which their CPU time is found.
+/// The generator threads' name, under which their CPU time is found (see [`super::cpu`]).
 pub const THREAD_NAME: &str = "lic-bench-gen";
 
 /// How long a worker blocks in `recvmmsg` before it looks at its clocks again.

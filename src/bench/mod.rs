@@ -12,10 +12,11 @@
 //!    ACK's tag is verified and its `seq` matched. Then a drain of one timeout for the last ACKs.
 //! 3. **Release**: every lease is given back, so that a real server's seats are free at once.
 //!
-//! With `--spawn` the server runs in this process ([`spawn`]) on its own thread, whose CPU time
-//! is read from procfs ([`cpu`]) to give the server's CPU cost per million heartbeats. With
-//! `--echo` the same generator loads a UDP echo responder ([`echo`]) instead, without any
-//! protocol work: the physical limit to compare the server with.
+//! With `--spawn` the server runs in this process ([`spawn`]), apart from the generator's
+//! threads; the process's CPU time minus the generator's, read from procfs ([`cpu`]), gives the
+//! server's CPU cost per million heartbeats. With `--echo` the same generator loads a UDP echo
+//! responder ([`echo`]) instead, without any protocol work: the physical limit to compare the
+//! server with.
 //!
 //! Everything is bounded: the number of instances ([`MAX_CLIENTS`]), the duration
 //! ([`MAX_DURATION`]), the handshake phase (its timeout), the drain and the release. Targets

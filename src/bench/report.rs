@@ -64,8 +64,10 @@ impl Latency {
 ///   `send_errors`, `recv_errors`: failed socket calls. `released`: leases given back at the end
 ///   (HEARTBEAT with RELEASE answered by ACK RELEASED or STALE); `release_s`: how long that
 ///   took (`null` when nothing was released: echo mode, `--no-release`).
-/// - `server_cpu_s`: CPU time (user + system) of the spawned server's threads (or the echo
-///   responder's) during the heartbeat phase and its drain; `server_heartbeats`: heartbeats (or
+/// - `server_cpu_s`: CPU time (user + system) of the spawned server (or echo responder) during
+///   the heartbeat phase and its drain: the process's CPU time minus the generator's threads'
+///   and the main thread's (see `lic_udp::bench::cpu`); kernel work done in its threads, such as
+///   delivering its replies over loopback, included. `server_heartbeats`: heartbeats (or
 ///   echoes) it handled in that time, by its own count; `server_cpu_s_per_million`:
 ///   `server_cpu_s` per million of them. All three `null` without `--spawn`.
 /// - `generator_cpu_s`, `generator_cpu_s_per_million`: the same for the generator's threads,

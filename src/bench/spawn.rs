@@ -3,16 +3,16 @@
 //! A throw-away data dir under the system temp dir with the fast test KDF, one user, and enough
 //! seats for every simulated instance. Seats are a `u16`, so above 65,535 instances the bench
 //! issues several licenses and spreads the instances over them. The server runs exactly as
-//! `lic-udp serve` runs it ([`Server::new`] then [`Server::run`]), on its own thread with its
-//! own single-threaded tokio runtime, so its CPU time can be read apart from the generator's
-//! (see [`super::cpu`]). The store's blocking commits run on that runtime's blocking pool, whose
-//! threads carry the same name and so are counted too.
+//! `lic-udp serve` runs it ([`Server::new`] then [`Server::run`]), on a thread of its own with a
+//! single-threaded tokio runtime; whatever threads the server starts from there (its IO
+//! thread, blocking-pool threads) are counted as server time too, because the bench counts
+//! everything in the process except the generator and the main thread (see [`super::cpu`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::keys::Serial;
 use crate::proto::server::ServerCore;
@@ -21,7 +21,8 @@ use crate::store::Store;
 
 use super::BenchError;
 
-/// The server's threads' name, under which their CPU time is found.
+/// The name of the thread (and blocking-pool threads) of the server's runtime, for debuggers and
+/// `top -H`.
 pub const THREAD_NAME: &str = "lic-bench-srv";
 
 /// The site file of the throw-away data dir: the test KDF (proto-spec.md §9), never for real use.
@@ -111,9 +112,6 @@ impl SpawnedServer {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name(THREAD_NAME)
-                    // Blocking-pool threads must outlive the measurement: an exited thread's CPU
-                    // time can no longer be read.
-                    .thread_keep_alive(Duration::from_secs(24 * 3600))
                     .build()
                     .map_err(ServeError::Socket)?;
                 rt.block_on(async move {

@@ -38,10 +38,11 @@ Examples:
 
   lic-udp bench --server 127.0.0.1:7301 --serial 687-129-0415 --clients 500 --rate 2000
 
-With --spawn, the server runs in this process on its own thread, over a throw-away data dir
-(removed at the end) with a fast test KDF, and the report adds its CPU seconds per million
-heartbeats: the CPU time of its threads read from /proc/self/task/<tid>/schedstat at the
-start and end of the heartbeat phase. Above 65,535 instances it issues several licenses.
+With --spawn, the server runs in this process, over a throw-away data dir (removed at the
+end) with a fast test KDF, and the report adds its CPU seconds per million heartbeats: the
+process's CPU time (/proc/self/stat) minus the generator threads' and the main thread's
+(/proc/self/task/<tid>/schedstat), from the start of the heartbeat phase to the end of its
+drain. Above 65,535 instances it issues several licenses.
 
 The bench floods its target, so it only sends to loopback addresses unless --allow-remote.
 At the end it releases every lease it holds. Exit codes: 0 done; 1 no seat granted (all in

@@ -50,11 +50,18 @@ struct LicenseState {
     /// expired, kept while that cookie can still verify, so that a replay of its PROOF cannot
     /// bring the lease back (§10).
     retired: HashMap<[u8; 16], ([u8; 16], Cookie)>,
+    /// When `retired` was last pruned: at most once a second, so that releasing or expiring
+    /// many leases at once stays linear. Entries left a second too long are harmless: their
+    /// cookies no longer pass the cookie check anyway.
+    pruned_at_s: u32,
 }
 
-/// Forgets retired sessions whose cookies can no longer verify.
-fn prune_retired(retired: &mut HashMap<[u8; 16], ([u8; 16], Cookie)>, now_s: u32) {
-    retired.retain(|_, (_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
+/// Forgets retired sessions whose cookies can no longer verify (at most once a second).
+fn prune_retired(lic: &mut LicenseState, now_s: u32) {
+    if lic.pruned_at_s != now_s {
+        lic.pruned_at_s = now_s;
+        lic.retired.retain(|_, (_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
+    }
 }
 
 struct Session {
@@ -289,6 +296,7 @@ impl ServerCore {
                 rec: rec.clone(),
                 holders: HashMap::new(),
                 retired: HashMap::new(),
+                pruned_at_s: 0,
             });
             let ended = if rec.revoked { Some(AckStatus::Revoked) } else { None };
             for lease_id in entry.holders.values() {
@@ -352,7 +360,7 @@ impl ServerCore {
             }
             let session = removed.as_ref().and_then(|l| l.session.as_ref());
             if let (Some(now_s), Some(s)) = (ended_at, session) {
-                prune_retired(&mut lic.retired, now_s);
+                prune_retired(&mut lic, now_s);
                 lic.retired.insert(*instance, (s.client_nonce, s.cookie));
             }
         }
@@ -467,7 +475,7 @@ impl ServerCore {
         // A replay of the PROOF of a session whose lease has ended (released or expired) while
         // its cookie still lives: step 5 would have dropped it had the lease still been there.
         if !lic.retired.is_empty() && !lic.holders.contains_key(&p.instance_id) {
-            prune_retired(&mut lic.retired, now_s);
+            prune_retired(&mut lic, now_s);
             if let Some((nonce, cookie)) = lic.retired.get(&p.instance_id) {
                 if (*nonce == p.client_nonce && *cookie == p.cookie) || p.cookie.ts < cookie.ts {
                     bump(&self.stats.dropped_replay);
