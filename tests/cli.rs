@@ -66,7 +66,9 @@ fn verify_exit_codes() {
     let dashed = format!("{}-{} {}", &serial[..3], &serial[3..6], &serial[6..]);
     assert_eq!(code(&output(lic(&["verify", "--serial", &dashed, "--server", &s]))), 0);
 
-    // 1: full. Hold the only seat with `run`.
+    // 1: full. Hold the only seat with `run` (once the store shows the verifies' releases, so
+    // that the wait below sees run's seat, not a release not yet written).
+    assert!(wait_for(Duration::from_secs(5), || in_use(dir.path(), 1) == 0), "verify released");
     let mut holder = lic(&["run", "--serial", &serial, "--server", &s, "--", "sleep", "30"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
