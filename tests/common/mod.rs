@@ -94,29 +94,7 @@ impl ServerProc {
     }
 
     pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let d = dir.to_str().expect("utf8 path");
-        let mut cmd = lic(&["serve", "--listen", listen, "--data-dir", d]);
-        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("server start line within 20 s");
-            if let Some(rest) = line.split("serving on udp://").nth(1) {
-                let addr = rest.split_whitespace().next().expect("addr");
-                break addr.parse().expect("socket addr");
-            }
-        };
-        Self { child, addr, dir: dir.to_path_buf(), log: rx }
+        start_serve(dir, listen, extra).0
     }
 
     pub fn server_arg(&self) -> String {
