@@ -74,6 +74,8 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("{}: type `{name}`: {problem}", path.display())]
     Type { path: PathBuf, name: String, problem: String },
+    #[error("{}: [audit]: {problem}", path.display())]
+    Audit { path: PathBuf, problem: String },
     #[error("{}: [kdf]: {problem}", path.display())]
     Kdf { path: PathBuf, problem: String },
     #[error("unknown license type `{name}`; known types: {known} (more can be defined under [types.NAME] in {FILE_NAME})")]
@@ -86,11 +88,28 @@ pub struct SiteConfig {
     pub types: BTreeMap<String, LicenseType>,
     /// Only consulted when the data dir is created: the store pins its parameters then.
     pub kdf: Option<KdfParams>,
+    pub audit: AuditRetention,
 }
 
 impl Default for SiteConfig {
     fn default() -> Self {
-        Self { types: builtin_types(), kdf: None }
+        Self { types: builtin_types(), kdf: None, audit: AuditRetention::default() }
+    }
+}
+
+/// How much of the audit log the server keeps (`[audit]` in the site file). Whichever bound
+/// is hit first applies; the oldest events go first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRetention {
+    pub keep: Duration,
+    pub max_events: u64,
+}
+
+impl Default for AuditRetention {
+    /// Half a year covers the usual "who used it last quarter" question; a million events is
+    /// about 150 MB of SQLite at most.
+    fn default() -> Self {
+        Self { keep: DAY * 183, max_events: 1_000_000 }
     }
 }
 
@@ -100,6 +119,14 @@ struct RawFile {
     #[serde(default)]
     types: BTreeMap<String, RawType>,
     kdf: Option<RawKdf>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    keep: Option<String>,
+    max_events: Option<i64>,
 }
 
 /// Every field optional so an override can name only what it changes.
@@ -147,7 +174,8 @@ impl SiteConfig {
             types.insert(name, ty);
         }
         let kdf = raw.kdf.map(|k| check_kdf(path, k)).transpose()?;
-        Ok(Self { types, kdf })
+        let audit = raw.audit.map(|a| check_audit(path, a)).transpose()?.unwrap_or_default();
+        Ok(Self { types, kdf, audit })
     }
 
     pub fn get(&self, name: &str) -> Option<&LicenseType> {
@@ -168,6 +196,25 @@ impl SiteConfig {
     pub fn type_names(&self) -> Vec<&str> {
         self.types.keys().map(String::as_str).collect()
     }
+}
+
+fn check_audit(path: &Path, raw: RawAudit) -> Result<AuditRetention, ConfigError> {
+    let err = |problem: String| ConfigError::Audit { path: path.to_owned(), problem };
+    let mut a = AuditRetention::default();
+    if let Some(k) = raw.keep {
+        a.keep = humantime::parse_duration(&k)
+            .map_err(|e| err(format!("keep = \"{k}\" is not a duration ({e}); write e.g. \"90d\"")))?;
+        if a.keep < DAY {
+            return Err(err(format!("keep = \"{k}\" is under a day; keep at least \"1d\"")));
+        }
+    }
+    if let Some(n) = raw.max_events {
+        a.max_events = u64::try_from(n)
+            .ok()
+            .filter(|&n| n >= 1000)
+            .ok_or_else(|| err(format!("max_events = {n} is too small; keep at least 1000")))?;
+    }
+    Ok(a)
 }
 
 /// Type names end up on command lines and in `status` output, so keep them shell-friendly.

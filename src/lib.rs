@@ -50,15 +50,21 @@
 //! - [`server`] and [`client`]: the thin tokio layers around the two cores.
 //! - [`store`]: the SQLite data dir (accounts, licenses, leases, server secrets).
 //! - [`config`]: license types. [`activation`]: the user's saved serial.
+//! - [`http`]: the admin's dashboard, JSON API and `/metrics`, off the UDP hot path;
+//!   [`status`] is the one model of "who holds what" behind them and `lic-udp status`;
+//!   [`metrics`] renders Prometheus text.
 #![forbid(unsafe_code)]
 
 pub mod activation;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod status;
 pub mod store;
 
 pub use client::{AcquireError, CachedKeys, Client, GrantInfo, Seat, SeatStatus};

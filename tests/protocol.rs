@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lic_udp::proto::client::Event;
-use lic_udp::proto::server::{JournalOp, Reply};
+use lic_udp::proto::server::{EndReason, JournalOp, Reply};
 use lic_udp::proto::wire::{self, AckStatus, DenyReason, Message, MsgType};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -197,7 +197,7 @@ fn silent_client_expires_after_ttl() {
     assert_eq!(sim.stats().expiries, 1);
     assert_eq!(sim.server().live_leases(), 0);
     let lease = sim.client(c).core.lease_id().expect("had a lease");
-    assert!(sim.store.contains(&JournalOp::Remove { lease_id: lease }));
+    assert!(sim.store.contains(&JournalOp::Remove { lease_id: lease, why: EndReason::Expired }));
     assert!(sim.restored_leases().is_empty());
 }
 
@@ -226,7 +226,7 @@ fn release_frees_seat_at_once() {
     let release_sends = cl.sent_of(MsgType::Heartbeat).iter().filter(|(t, _)| *t >= released_at).count();
     assert_eq!(release_sends, 1, "one RELEASE, acknowledged at once");
     assert_eq!(sim.stats().releases, 1);
-    assert!(sim.store.contains(&JournalOp::Remove { lease_id: lease }));
+    assert!(sim.store.contains(&JournalOp::Remove { lease_id: lease, why: EndReason::Released }));
     // A newcomer gets the seat.
     let d = sim.add_client(SERIAL);
     sim.run_for(secs(1));

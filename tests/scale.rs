@@ -119,7 +119,7 @@ impl Bench {
     fn commit(&mut self) {
         let ops = self.core.drain_journal();
         for op in &ops {
-            if let JournalOp::Remove { lease_id } = op {
+            if let JournalOp::Remove { lease_id, .. } = op {
                 self.removed.insert(*lease_id, self.now);
             }
         }

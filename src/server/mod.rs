@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 use tokio::net::UdpSocket;
 
+use crate::metrics::Histogram;
 use crate::proto::server::{Reply, ServerConfig, ServerCore};
 use crate::proto::wire::{MsgType, MAX_DATAGRAM};
 use crate::store::{Store, StoreError};
@@ -25,6 +26,8 @@ mod batch;
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How often the server flushes removals, probes a failed store and checks for new licenses.
 const TICK: Duration = Duration::from_millis(250);
+/// How often denials go to the audit log: each flush is an fsync on the IO thread.
+const AUDIT_FLUSH: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Default)]
 pub struct ServeOptions {
@@ -56,6 +59,7 @@ pub enum ServeError {
 pub struct Server {
     socket: UdpSocket,
     core: Arc<ServerCore>,
+    heartbeat_time: Arc<Histogram>,
     store: Arc<Mutex<Store>>,
     /// The store's `data_version` when licenses were last loaded.
     data_version: AtomicI64,
@@ -128,6 +132,7 @@ impl Server {
         let server = Self {
             socket,
             core: Arc::new(core),
+            heartbeat_time: Arc::default(),
             store: Arc::new(Mutex::new(store)),
             data_version: AtomicI64::new(data_version),
             last_unknown_reload: Mutex::new(
@@ -139,6 +144,11 @@ impl Server {
 
     pub fn core(&self) -> Arc<ServerCore> {
         self.core.clone()
+    }
+
+    /// How long each heartbeat took to handle, for `/metrics`.
+    pub fn heartbeat_time(&self) -> Arc<Histogram> {
+        self.heartbeat_time.clone()
     }
 
     /// Serves until `shutdown` resolves, then commits what is pending and returns.
@@ -153,6 +163,7 @@ impl Server {
         let worker = Worker {
             socket,
             core: self.core,
+            heartbeat_time: self.heartbeat_time,
             store: self.store,
             data_version: self.data_version,
             last_unknown_reload: self.last_unknown_reload,
@@ -183,6 +194,7 @@ type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
 struct Worker {
     socket: std::net::UdpSocket,
     core: Arc<ServerCore>,
+    heartbeat_time: Arc<Histogram>,
     store: Arc<Mutex<Store>>,
     data_version: AtomicI64,
     last_unknown_reload: Mutex<Instant>,
@@ -195,6 +207,7 @@ impl Worker {
         let mut gated: Vec<Out> = Vec::new();
         let mut next_timeout = self.core.poll_timeout(Instant::now());
         let mut next_housekeeping = Instant::now() + TICK;
+        let mut next_audit = Instant::now() + AUDIT_FLUSH;
         while !stop.load(Ordering::Relaxed) {
             // Wake for the core's next deadline, and at least every 50 ms to see `stop`.
             let wait = next_timeout
@@ -237,8 +250,13 @@ impl Worker {
                     out.clear();
                 }
                 self.reload_if_changed();
+                if now >= next_audit {
+                    next_audit = now + AUDIT_FLUSH;
+                    self.flush_denials();
+                }
             }
         }
+        self.flush_denials();
         if self.core.has_pending_journal() {
             self.commit(&mut out, &mut gated);
             batch::send(&self.socket, &out);
@@ -248,7 +266,11 @@ impl Worker {
 
     fn on_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
         let mut reply = [0u8; MAX_DATAGRAM];
-        let mut r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
+        let t0 = Instant::now();
+        let mut r = self.core.handle(t0, unix_now(), src, datagram, &mut reply);
+        if datagram.get(3) == Some(&(MsgType::Heartbeat as u8)) {
+            self.heartbeat_time.observe(t0.elapsed());
+        }
         if matches!(r, Reply::Send(_)) && reply[3] == MsgType::Unknown as u8 && self.may_reload_for_unknown()
         {
             // Perhaps issued a moment ago by `lic-udp issue`: look again before saying no.
@@ -288,6 +310,20 @@ impl Worker {
                 self.core.set_store_available(false);
                 gated.clear();
             }
+        }
+    }
+
+    /// Writes the denials queued since the last flush to the audit log. A failure loses them
+    /// (they changed nothing) and is logged; seats are unaffected.
+    fn flush_denials(&self) {
+        let denials = self.core.drain_denials();
+        if denials.is_empty() {
+            return;
+        }
+        let r =
+            self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.record_denials(&denials));
+        if let Err(e) = r {
+            tracing::warn!("cannot write {} denials to the audit log: {e}", denials.len());
         }
     }
 

@@ -9,9 +9,14 @@
 //! Nothing here deletes, resets or "repairs" a file it does not recognise: a data dir holds the
 //! keys of every license, and losing it means reissuing all of them.
 
+mod audit;
 mod login;
 mod recovery;
 mod schema;
+mod tokens;
+
+pub use audit::{deny_reason_name, AuditEntry, AuditQuery};
+pub use tokens::TOKEN_PREFIX;
 
 use std::fs;
 use std::io::{self, Read};
@@ -29,6 +34,11 @@ use zeroize::Zeroizing;
 use crate::config::{ConfigError, LicenseType, SiteConfig};
 use crate::proto::keys::{derive_license_keys, KdfError, KdfParams, LicenseKeys, Serial};
 use crate::proto::server::{JournalOp, LicenseRecord, RestoredLease};
+
+/// Wall-clock seconds, for the times the store stamps itself (audit events, tokens).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 use schema::{
     APP_ID, META_EPOCH, META_KDF_M, META_KDF_P, META_KDF_T, META_SALT, META_SCHEMA_VERSION, SCHEMA_VERSION,
@@ -107,7 +117,9 @@ pub enum StoreError {
     // --- Licenses and the lease journal.
     #[error("there is no license {id}; the list of licenses shows the valid ids")]
     NoSuchLicense { id: i64 },
-    #[error("license {id} does not belong to user `{user}`; only its owner can revoke it")]
+    #[error(
+        "license {id} does not belong to user `{user}`; only its owner or an admin account can revoke it"
+    )]
     NotOwner { id: i64, user: String },
     #[error("license {id} is already revoked")]
     AlreadyRevoked { id: i64 },
@@ -554,7 +566,34 @@ impl Store {
             check_version(&conn, &db)?;
         }
         let (salt, kdf) = read_fixed(&conn, &db)?;
+        conn.execute_batch(audit::ENSURE).at(&db)?;
+        conn.execute_batch(tokens::ENSURE).at(&db)?;
         Ok(Store { conn, dir: dir.to_owned(), db, salt, kdf, site })
+    }
+
+    /// A second connection to the same database, for another thread of this process (the
+    /// dashboard beside the UDP IO thread).
+    ///
+    /// Not [`open`](Self::open) again: that reads the file's header through a plain file
+    /// handle, and closing any handle on a file drops every POSIX lock this process holds on
+    /// it, SQLite's included. Another process's `lic-udp issue` would then believe it was the
+    /// last user of the database and delete the live write-ahead log.
+    pub fn another(&self) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .at(&self.db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).at(&self.db)?;
+        conn.pragma_update(None, "synchronous", "FULL").at(&self.db)?;
+        Ok(Store {
+            conn,
+            dir: self.dir.clone(),
+            db: self.db.clone(),
+            salt: self.salt,
+            kdf: self.kdf,
+            site: self.site.clone(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -716,7 +755,9 @@ impl Store {
             };
             // Slow (Argon2id), so outside any transaction: the server must not wait on it.
             let keys = derive_license_keys(&serial, &self.salt, self.kdf)?;
-            let inserted = self.conn.execute(
+            let db = &self.db;
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).at(db)?;
+            let inserted = tx.execute(
                 "INSERT INTO licenses (license_id, k_proof, k_auth, owner, type, seats, created,
                                        expires, revoked, ttl_ms, heartbeat_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9, ?10)",
@@ -734,7 +775,23 @@ impl Store {
                 ],
             );
             match inserted {
-                Ok(_) => return Ok((self.conn.last_insert_rowid(), serial)),
+                Ok(_) => {
+                    let id = tx.last_insert_rowid();
+                    audit::insert(
+                        &tx,
+                        db,
+                        audit::Row {
+                            ts: now_unix,
+                            event: "issue",
+                            license: Some(id),
+                            actor: Some(owner),
+                            detail: Some(format!("type {}, {seats} seats", ty.name)),
+                            ..audit::Row::default()
+                        },
+                    )?;
+                    tx.commit().at(db)?;
+                    return Ok((id, serial));
+                }
                 Err(rusqlite::Error::SqliteFailure(f, _))
                     if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {}
                 Err(e) => return Err(classify(&self.db, e)),
@@ -763,8 +820,20 @@ impl Store {
     }
 
     /// Revocation is a timestamp, never a deletion: `status` keeps showing the license, and
-    /// the server answers its holders with REVOKED instead of UNKNOWN.
+    /// the server answers its holders with REVOKED instead of UNKNOWN. The owner and admin
+    /// accounts may revoke.
     pub fn revoke(&mut self, id: i64, user: &str, now_unix: u64) -> Result<(), StoreError> {
+        let admin = match self.is_admin(user) {
+            Ok(a) => a,
+            Err(StoreError::NoSuchUser { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        self.revoke_as(id, user, admin, now_unix)
+    }
+
+    /// [`revoke`](Self::revoke) for a caller already authenticated elsewhere (the dashboard):
+    /// `actor` is named in the audit log, and `any` lets it revoke licenses it does not own.
+    pub fn revoke_as(&mut self, id: i64, user: &str, any: bool, now_unix: u64) -> Result<(), StoreError> {
         let when = to_sql(now_unix, "revocation time")?;
         let db = &self.db;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).at(db)?;
@@ -776,13 +845,21 @@ impl Store {
             .at(db)?
             .ok_or(StoreError::NoSuchLicense { id })?;
         // Ownership first, so other users learn nothing about the license's state.
-        if owner != user {
+        if owner != user && !any {
             return Err(StoreError::NotOwner { id, user: user.to_owned() });
         }
         if revoked.is_some() {
             return Err(StoreError::AlreadyRevoked { id });
         }
         tx.execute("UPDATE licenses SET revoked = ?1 WHERE id = ?2", params![when, id]).at(db)?;
+        let row = audit::Row {
+            ts: now_unix,
+            event: "revoke",
+            license: Some(id),
+            actor: Some(user),
+            ..audit::Row::default()
+        };
+        audit::insert(&tx, db, row)?;
         tx.commit().at(db)
     }
 
@@ -837,6 +914,7 @@ impl Store {
             return Ok(());
         }
         let db = &self.db;
+        let now = unix_now();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).at(db)?;
         {
             let mut grant = tx
@@ -859,8 +937,10 @@ impl Store {
                                 to_sql(l.since_unix, "grant time")?,
                             ])
                             .at(db)?;
+                        audit::grant(&tx, db, l)?;
                     }
-                    JournalOp::Remove { lease_id } => {
+                    JournalOp::Remove { lease_id, why } => {
+                        audit::end(&tx, db, *lease_id, why, now)?;
                         remove.execute([lease_id_to_sql(*lease_id)]).at(db)?;
                     }
                 }

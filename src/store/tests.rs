@@ -6,6 +6,7 @@ use tempfile::TempDir;
 
 use super::*;
 use crate::config::FILE_NAME;
+use crate::proto::server::{DenyEvent, EndReason};
 
 const TEST_KDF_TOML: &str = "[kdf]\nm_kib = 1024\nt = 1\np = 1\n";
 
@@ -296,8 +297,8 @@ fn journal_round_trips_through_leases() {
         JournalOp::Grant(a.clone()),
         JournalOp::Grant(b.clone()),
         JournalOp::Grant(c.clone()),
-        JournalOp::Remove { lease_id: 1 },
-        JournalOp::Remove { lease_id: 999 },
+        JournalOp::Remove { lease_id: 1, why: EndReason::Released },
+        JournalOp::Remove { lease_id: 999, why: EndReason::Expired },
     ])
     .expect("apply");
     let mut got = s.leases().expect("leases");
@@ -491,4 +492,115 @@ fn server_and_cli_write_concurrently() {
     let s = open(&d);
     assert_eq!(s.leases().expect("leases").len(), 100);
     assert_eq!(s.licenses().expect("licenses").len(), 20);
+}
+
+#[test]
+fn audit_log_records_every_seat_event_with_its_cause() {
+    use crate::proto::wire::DenyReason;
+    let d = test_dir();
+    let mut s = open(&d);
+    add(&mut s, "alice", "pw", true).expect("user");
+    let (id, _) = s.issue("alice", &team(), Some(3), 1_700_000_000).expect("issue");
+    let a = lease(10, id, 0xa1, "192.0.2.1:40000");
+    let b = lease(11, id, 0xb2, "192.0.2.2:40000");
+    let c = lease(12, id, 0xc3, "192.0.2.3:40000");
+    s.apply(&[JournalOp::Grant(a.clone()), JournalOp::Grant(b.clone()), JournalOp::Grant(c.clone())])
+        .expect("grants");
+    s.apply(&[
+        JournalOp::Remove { lease_id: 10, why: EndReason::Released },
+        JournalOp::Remove { lease_id: 11, why: EndReason::Expired },
+        JournalOp::Remove { lease_id: 12, why: EndReason::ForceReleased("bob".into()) },
+        // Never journaled: nothing to say about it.
+        JournalOp::Remove { lease_id: 999, why: EndReason::Expired },
+    ])
+    .expect("removals");
+    let deny = DenyEvent {
+        license: id,
+        instance_id: [0xd4; 16],
+        addr: "192.0.2.4:40000".parse().expect("addr"),
+        // Removals are stamped with the store's clock; the rest with the times given here.
+        unix: unix_now() + 100,
+        reason: DenyReason::Full,
+    };
+    s.record_denials(&[deny]).expect("denials");
+    s.revoke(id, "alice", unix_now() + 200).expect("revoke");
+
+    let all = s.audit(&AuditQuery::default()).expect("audit");
+    let events: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events,
+        ["issue", "grant", "grant", "grant", "release", "expire", "force-release", "deny", "revoke"]
+    );
+    let fr = &all[6];
+    assert_eq!(fr.actor.as_deref(), Some("bob"));
+    assert_eq!(fr.lease.as_deref(), Some("000000000000000c"));
+    assert_eq!(fr.addr.as_deref(), Some("192.0.2.3:40000"));
+    assert_eq!(fr.instance.as_deref(), Some(hex::encode([0xc3u8; 16]).as_str()));
+    assert_eq!(all[7].detail.as_deref(), Some("full"));
+    assert_eq!(all[8].actor.as_deref(), Some("alice"));
+
+    // Filters: by license, by time, by sequence, newest-N.
+    assert!(s.audit(&AuditQuery { license: Some(id + 1), ..Default::default() }).expect("q").is_empty());
+    let late = s.audit(&AuditQuery { since_unix: Some(unix_now() + 100), ..Default::default() }).expect("q");
+    assert_eq!(late.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["deny", "revoke"]);
+    let last2 = s.audit(&AuditQuery { limit: Some(2), ..Default::default() }).expect("q");
+    assert_eq!(last2, all[7..].to_vec());
+    let after = s.audit(&AuditQuery { after_seq: Some(all[7].seq), ..Default::default() }).expect("q");
+    assert_eq!(after, all[8..].to_vec());
+}
+
+#[test]
+fn audit_retention_bounds_age_and_count() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let day = 86_400;
+    let now = 1_800_000_000u64;
+    // 3,000 events, one a minute, ending now.
+    let ops: Vec<_> = (0..3000u64)
+        .map(|i| {
+            let mut l = lease(i + 1, 1, (i % 250) as u8, "192.0.2.1:40000");
+            l.since_unix = now - (3000 - i) * 60;
+            l.instance_id[1] = (i / 250) as u8;
+            JournalOp::Grant(l)
+        })
+        .collect();
+    s.apply(&ops).expect("grants");
+    // Keep one day: 1,440 minutes.
+    let r = crate::config::AuditRetention { keep: Duration::from_secs(day), max_events: 1_000_000 };
+    let mut gone = 0;
+    loop {
+        let n = s.prune_audit(r, now, 500).expect("prune");
+        gone += n;
+        if n < 500 {
+            break;
+        }
+    }
+    let left = s.audit(&AuditQuery::default()).expect("audit");
+    assert_eq!(gone as usize + left.len(), 3000);
+    assert!(left.iter().all(|e| e.ts >= now - day), "an event older than a day survived");
+    assert_eq!(left.len(), 1440);
+    // Then the count bound: the newest 1,000 stay.
+    let r = crate::config::AuditRetention { keep: Duration::from_secs(day), max_events: 1000 };
+    while s.prune_audit(r, now, 500).expect("prune") == 500 {}
+    let left2 = s.audit(&AuditQuery::default()).expect("audit");
+    assert_eq!(left2.len(), 1000);
+    assert_eq!(left2.last(), left.last());
+}
+
+#[test]
+fn api_tokens_are_stored_hashed_and_name_their_account() {
+    let d = test_dir();
+    let mut s = open(&d);
+    add(&mut s, "alice", "pw", false).expect("user");
+    assert!(matches!(s.add_token("nobody"), Err(StoreError::NoSuchUser { .. })));
+    let t = s.add_token("alice").expect("token");
+    assert!(t.starts_with(TOKEN_PREFIX) && t.len() == TOKEN_PREFIX.len() + 64, "{t}");
+    assert_eq!(s.token_user(&t).expect("lookup").as_deref(), Some("alice"));
+    assert_eq!(s.token_user(&format!("{t}0")).expect("lookup"), None);
+    assert_eq!(s.token_user("not-a-token").expect("lookup"), None);
+    drop(s);
+    assert!(!contains(&db_bytes(d.path()), t.as_bytes()), "the token itself reached the disk");
+    let mut s = open(&d);
+    assert_eq!(s.revoke_tokens("alice").expect("revoke"), 1);
+    assert_eq!(s.token_user(&t).expect("lookup"), None);
 }

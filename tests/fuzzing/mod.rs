@@ -573,7 +573,7 @@ impl ServerHarness {
                     live.retain(|l| l.lease_id != g.lease_id);
                     live.push(g.clone());
                 }
-                JournalOp::Remove { lease_id } => live.retain(|l| l.lease_id != *lease_id),
+                JournalOp::Remove { lease_id, .. } => live.retain(|l| l.lease_id != *lease_id),
             }
         }
         live

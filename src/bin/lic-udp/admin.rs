@@ -1,10 +1,10 @@
 //! The admin's commands, run on the server host against the data dir.
 
-use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use lic_udp::server::{unix_now, ServeOptions, Server, DEFAULT_PORT};
@@ -32,12 +32,35 @@ pub struct ServeOpt {
     /// for one lease TTL only clients that held a seat before can take one.
     #[arg(long)]
     recover: bool,
+    /// Also serve the admin dashboard, JSON API and /metrics over HTTP on this address
+    /// (default 127.0.0.1:7380 when given without one). Off unless given.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7380", value_parser = http_addr)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
 pub enum UserCmd {
     /// Register an account that can issue and revoke licenses.
     Add(UserAddOpt),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Make an API token for scripts; it acts as the account, and is shown once.
+    Add(TokenAddOpt),
+}
+
+#[derive(Args)]
+pub struct TokenAddOpt {
+    /// The account the token acts as (its password is asked for).
+    #[arg(long)]
+    user: String,
+    /// Read the password from the first line of standard input instead of a hidden prompt.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -48,6 +71,10 @@ pub struct UserAddOpt {
     /// Read the password from the first line of standard input instead of a hidden prompt.
     #[arg(long)]
     password_stdin: bool,
+    /// Make this account an admin: it sees and may revoke every license. The first account
+    /// is always an admin.
+    #[arg(long)]
+    admin: bool,
     /// Data dir [env: LIC_UDP_DATA_DIR].
     #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
@@ -73,23 +100,16 @@ pub struct IssueOpt {
 }
 
 #[derive(Args)]
-pub struct StatusOpt {
-    /// Data dir [env: LIC_UDP_DATA_DIR].
-    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
-    data_dir: PathBuf,
-    /// Machine-readable output (format documented in README.md).
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
 pub struct RevokeOpt {
     /// The license id shown by `lic-udp status`.
     #[arg(long)]
     license: i64,
-    /// The license's owner.
-    #[arg(long)]
-    user: String,
+    /// The license's owner, or an admin account (its password is asked for). Not needed
+    /// with --token.
+    #[arg(long, required_unless_present = "token")]
+    user: Option<String>,
+    #[command(flatten)]
+    api: crate::remote::ApiOpt,
     /// Read the password from the first line of standard input instead of a hidden prompt.
     #[arg(long)]
     password_stdin: bool,
@@ -120,6 +140,17 @@ fn password(from_stdin: bool, confirm: bool) -> Result<String, Failure> {
         return Err(Failure::usage("the password is empty"));
     }
     Ok(pw)
+}
+
+/// The dashboard's address: `IP:PORT`, or `IP` alone for port 7380.
+fn http_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, lic_udp::http::default_listen().port()))
+        .map_err(|_| format!("`{s}` is not an IP address or IP:PORT (examples: 127.0.0.1:7380, 127.0.0.1)"))
 }
 
 /// `IP:PORT`, or `IP` alone for the default port.
@@ -155,10 +186,45 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
         let socket = tokio::net::UdpSocket::bind(o.listen)
             .await
             .map_err(|e| Failure::new(IO, format!("cannot listen on UDP {}: {e}", o.listen)))?;
+        let http = match o.http {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Failure::new(IO, format!("cannot listen on HTTP {addr}: {e}")))?,
+            ),
+            None => None,
+        };
         let store = Store::open(&o.data_dir)?;
+        let http_store = if http.is_some() { Some(store.another()?) } else { None };
         let opts = ServeOptions { ttl_override: o.lease_ttl, heartbeat_override: o.heartbeat, recover: o.recover };
         let (server, info) = Server::new(socket, store, opts).map_err(|e| Failure::new(IO, e.to_string()))?;
-        let shutdown = shutdown_signal()?;
+        let signal = shutdown_signal()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let shutdown = stopped(stop_rx.clone());
+        let mut endpoint_file = None;
+        let mut dashboard = None;
+        if let (Some(listener), Some(http_store)) = (http, http_store) {
+            let addr = listener.local_addr().map_err(|e| Failure::new(IO, e.to_string()))?;
+            let state = Arc::new(lic_udp::http::Dashboard::new(
+                server.core(),
+                server.heartbeat_time(),
+                http_store,
+            ));
+            let ep = lic_udp::http::Endpoint { url: format!("http://{addr}"), token: state.local_token().to_owned() };
+            endpoint_file = Some(
+                lic_udp::http::write_endpoint(&o.data_dir, &ep)
+                    .map_err(|e| Failure::new(IO, format!("cannot write the dashboard's endpoint file: {e}")))?,
+            );
+            tracing::info!("lic-udp dashboard on http://{addr} (JSON API under /api/, metrics on /metrics)");
+            dashboard = Some(tokio::spawn(lic_udp::http::serve(listener, state, stopped(stop_rx.clone()))));
+        }
         tracing::info!(
             "lic-udp serving on udp://{} (store {}, {} licenses, {} leases restored, epoch {})",
             info.addr,
@@ -174,7 +240,14 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
                 humantime::format_duration(grace)
             );
         }
-        server.run(shutdown).await.map_err(|e| Failure::new(IO, e.to_string()))?;
+        let served = server.run(shutdown).await;
+        if let Some(path) = endpoint_file {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(d) = dashboard {
+            d.abort();
+        }
+        served.map_err(|e| Failure::new(IO, e.to_string()))?;
         tracing::info!("lic-udp stopped");
         Ok(0)
     })
@@ -201,12 +274,18 @@ pub fn user(c: UserCmd) -> Result<i32, Failure> {
             let mut store = Store::open(&o.data_dir)?;
             let pw = password(o.password_stdin, true)?;
             let first = store.user_count()? == 0;
-            store.add_user(&o.user, &pw, first)?;
+            store.add_user(&o.user, &pw, first || o.admin)?;
             eprintln!(
                 "user {} added to {}{}",
                 o.user,
                 std::fs::canonicalize(&o.data_dir).unwrap_or(o.data_dir.clone()).display(),
-                if first { " (the first account is the admin)" } else { "" }
+                if first {
+                    " (the first account is an admin)"
+                } else if o.admin {
+                    " (admin)"
+                } else {
+                    ""
+                }
             );
             Ok(0)
         }
@@ -237,117 +316,45 @@ pub fn issue(o: IssueOpt) -> Result<i32, Failure> {
     Ok(0)
 }
 
+/// With a token: through the running server's API. With an account: checked against the data
+/// dir and written there; the running server picks it up within a quarter second.
 pub fn revoke(o: RevokeOpt) -> Result<i32, Failure> {
-    let mut store = Store::open_existing(&o.data_dir)?;
-    let pw = password(o.password_stdin, false)?;
-    store.check_user(&o.user, &pw)?;
-    store.revoke(o.license, &o.user, unix_now())?;
+    match (&o.user, &o.api.token) {
+        (Some(user), _) => {
+            let mut store = Store::open_existing(&o.data_dir)?;
+            let pw = password(o.password_stdin, false)?;
+            store.check_user(user, &pw)?;
+            store.revoke(o.license, user, unix_now())?;
+        }
+        (None, Some(_)) => {
+            let ep = crate::remote::endpoint(&o.api, &o.data_dir).ok_or_else(|| {
+                Failure::new(
+                    crate::exit::UNREACHABLE,
+                    "no dashboard to send the token to: give --url, or run `lic-udp serve --http` on this host",
+                )
+            })?;
+            crate::remote::post(&ep, &format!("/api/licenses/{}/revoke", o.license), serde_json::json!({}))?;
+        }
+        (None, None) => return Err(Failure::usage("give --user (and its password) or --token")),
+    }
     eprintln!("license {} revoked; its holders lose their seats at their next heartbeat", o.license);
     Ok(0)
 }
 
-fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
-}
-
-#[derive(serde::Serialize)]
-struct StatusJson {
-    licenses: Vec<LicenseJson>,
-}
-
-#[derive(serde::Serialize)]
-struct LicenseJson {
-    id: i64,
-    owner: String,
-    #[serde(rename = "type")]
-    license_type: String,
-    seats: u16,
-    in_use: usize,
-    state: &'static str,
-    created: String,
-    expires: Option<String>,
-    revoked: Option<String>,
-    holders: Vec<HolderJson>,
-}
-
-#[derive(serde::Serialize)]
-struct HolderJson {
-    lease: String,
-    address: String,
-    instance: String,
-    since: String,
-}
-
-pub fn status(o: StatusOpt) -> Result<i32, Failure> {
-    let store = Store::open_existing(&o.data_dir)?;
-    let now = unix_now();
-    let mut by_license: BTreeMap<i64, Vec<HolderJson>> = BTreeMap::new();
-    for l in store.leases()? {
-        by_license.entry(l.license).or_default().push(HolderJson {
-            lease: format!("{:016x}", l.lease_id),
-            address: l.addr.to_string(),
-            instance: hex::encode(l.instance_id),
-            since: rfc3339(l.since_unix),
-        });
-    }
-    let licenses: Vec<LicenseJson> = store
-        .licenses()?
-        .into_iter()
-        .map(|l| {
-            let holders = by_license.remove(&l.id).unwrap_or_default();
-            let state = if l.revoked_unix.is_some() {
-                "revoked"
-            } else if l.expires_unix.is_some_and(|e| now >= e) {
-                "expired"
-            } else if holders.len() >= usize::from(l.seats) {
-                "full"
-            } else if holders.is_empty() {
-                "idle"
-            } else {
-                "in use"
-            };
-            LicenseJson {
-                id: l.id,
-                owner: l.owner,
-                license_type: l.type_name,
-                seats: l.seats,
-                in_use: holders.len(),
-                state,
-                created: rfc3339(l.created_unix),
-                expires: l.expires_unix.map(rfc3339),
-                revoked: l.revoked_unix.map(rfc3339),
-                holders,
-            }
-        })
-        .collect();
-    use std::fmt::Write as _;
-    let mut text = String::new();
-    if o.json {
-        text = serde_json::to_string_pretty(&StatusJson { licenses })
-            .map_err(|e| Failure::new(IO, e.to_string()))?;
-        text.push('\n');
-    } else if licenses.is_empty() {
-        text.push_str("no licenses yet; issue one with `lic-udp issue --user NAME --type team`\n");
-    } else {
-        let _ = writeln!(
-            text,
-            "{:<4} {:<12} {:<8} {:>7}  {:<8} EXPIRES",
-            "ID", "OWNER", "TYPE", "SEATS", "STATE"
-        );
-        for l in &licenses {
-            let seats = format!("{}/{}", l.in_use, l.seats);
-            let expires = l.expires.as_deref().unwrap_or("never");
-            let _ = writeln!(
-                text,
-                "{:<4} {:<12} {:<8} {:>7}  {:<8} {}",
-                l.id, l.owner, l.license_type, seats, l.state, expires
+pub fn token(c: TokenCmd) -> Result<i32, Failure> {
+    match c {
+        TokenCmd::Add(o) => {
+            let mut store = Store::open_existing(&o.data_dir)?;
+            let pw = password(o.password_stdin, false)?;
+            store.check_user(&o.user, &pw)?;
+            let token = store.add_token(&o.user)?;
+            println!("{token}");
+            eprintln!(
+                "API token for {} made; it is shown only once. Send it as `Authorization: Bearer TOKEN`, \
+                 or set LIC_UDP_TOKEN for `lic-udp status`, `release` and `revoke`",
+                o.user
             );
-            for h in &l.holders {
-                let instance = &h.instance[..12.min(h.instance.len())];
-                let _ = writeln!(text, "     holder {}  instance {instance}  since {}", h.address, h.since);
-            }
+            Ok(0)
         }
     }
-    crate::print_stdout(&text)?;
-    Ok(0)
 }

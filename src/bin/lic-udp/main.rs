@@ -6,6 +6,8 @@
 mod admin;
 mod bench;
 mod exit;
+mod remote;
+mod report;
 mod user;
 
 use std::path::PathBuf;
@@ -36,10 +38,18 @@ enum Command {
     User(admin::UserCmd),
     /// Log in as a user and issue a new license; prints its 10-digit serial.
     Issue(admin::IssueOpt),
-    /// Show every license, its seats in use and their holders (never the serials).
-    Status(admin::StatusOpt),
-    /// End a license (owner only). Its holders lose their seats at their next heartbeat.
+    /// Make API tokens for scripts.
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Show every license, its seats in use and their holders (never the serials): live from
+    /// the running server when it answers, else from the data dir.
+    Status(report::StatusOpt),
+    /// End a license (its owner or an admin). Its holders lose their seats at their next heartbeat.
     Revoke(admin::RevokeOpt),
+    /// Free a stuck seat now, through the running server (`serve --http`).
+    Release(report::ReleaseOpt),
+    /// Read the audit log: issue, revoke, grant, deny, release, expire, force-release.
+    Log(report::LogOpt),
     /// Take a seat, give it back, and exit: a license check for scripts.
     Verify(user::VerifyOpt),
     /// Hold a seat while PROGRAM runs; exit with PROGRAM's status.
@@ -96,8 +106,11 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Serve(o) => admin::serve(o),
         Command::User(c) => admin::user(c),
         Command::Issue(o) => admin::issue(o),
-        Command::Status(o) => admin::status(o),
+        Command::Token(c) => admin::token(c),
+        Command::Status(o) => report::status(o),
         Command::Revoke(o) => admin::revoke(o),
+        Command::Release(o) => report::release(o),
+        Command::Log(o) => report::log(o),
         Command::Verify(o) => user::verify(o),
         Command::Run(o) => user::run(o),
         Command::Activate(o) => user::activate(o),

@@ -41,6 +41,10 @@ pub const EXPIRY_BUDGET: usize = 10_000;
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
 pub const MIN_SOURCE_PORT: u16 = 1024;
 
+/// Denials kept for the audit log between two driver flushes; beyond this they are counted in
+/// `audit_dropped` only, so a client hammering a full license cannot grow memory.
+pub const MAX_PENDING_DENIALS: usize = 10_000;
+
 struct LicenseState {
     rec: LicenseRecord,
     proof_key: MacKey,
@@ -95,6 +99,8 @@ pub struct ServerCore {
     cookies: RwLock<CookieJar>,
     rng: Mutex<StdRng>,
     journal: Mutex<Vec<JournalOp>>,
+    /// DENYs waiting for the audit log, at most [`MAX_PENDING_DENIALS`].
+    denials: Mutex<Vec<DenyEvent>>,
     /// Until then only earlier holders (PROOF with `prev_lease_id`) may take new seats: the
     /// recovery grace after the lease journal was lost (proto-spec.md §7).
     grace_until: Option<Instant>,
@@ -145,6 +151,7 @@ impl ServerCore {
             cookies: RwLock::new(jar),
             rng: Mutex::new(rng),
             journal: Mutex::new(Vec::new()),
+            denials: Mutex::new(Vec::new()),
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
             throttle: Throttle::default(),
@@ -161,7 +168,7 @@ impl ServerCore {
     fn restore(&self, now: Instant, r: RestoredLease) {
         let Some(license_id) = self.by_db_id.get(&r.license).map(|v| *v) else {
             // The license is gone from the store: nothing to hold a seat of.
-            self.push_journal(JournalOp::Remove { lease_id: r.lease_id });
+            self.push_journal(JournalOp::Remove { lease_id: r.lease_id, why: EndReason::Dropped });
             return;
         };
         let Some(mut lic) = self.licenses.get_mut(&license_id) else {
@@ -173,7 +180,7 @@ impl ServerCore {
         // dropped and their removal journaled.
         if lic.holders.contains_key(&r.instance_id) || lic.holders.len() >= usize::from(lic.rec.seats) {
             drop(lic);
-            self.push_journal(JournalOp::Remove { lease_id: r.lease_id });
+            self.push_journal(JournalOp::Remove { lease_id: r.lease_id, why: EndReason::Dropped });
             return;
         }
         let ttl = self.ttl(&lic.rec);
@@ -277,7 +284,7 @@ impl ServerCore {
                 JournalOp::Grant(g) => {
                     let license_id = self.leases.get(&g.lease_id).map(|l| l.license_id);
                     if let Some(license_id) = license_id {
-                        self.remove_lease(&license_id, g.lease_id, &g.instance_id, None);
+                        self.remove_lease(&license_id, g.lease_id, &g.instance_id, None, EndReason::Dropped);
                     }
                 }
                 JournalOp::Remove { .. } => self.push_journal(op.clone()),
@@ -335,7 +342,7 @@ impl ServerCore {
             };
             if expires > now {
                 self.expiry.schedule(lease_id, expires); // renewed meanwhile
-            } else if self.remove_lease(&license_id, lease_id, &instance, Some(now_s)) {
+            } else if self.remove_lease(&license_id, lease_id, &instance, Some(now_s), EndReason::Expired) {
                 bump(&self.stats.expiries);
             }
         }
@@ -351,6 +358,7 @@ impl ServerCore {
         lease_id: u64,
         instance: &[u8; 16],
         ended_at: Option<u32>,
+        why: EndReason,
     ) -> bool {
         let lic = self.licenses.get_mut(license_id);
         let removed = self.leases.remove(&lease_id).map(|(_, l)| l);
@@ -365,7 +373,7 @@ impl ServerCore {
             }
         }
         if removed.is_some() && ended_at.is_some() {
-            self.push_journal(JournalOp::Remove { lease_id });
+            self.push_journal(JournalOp::Remove { lease_id, why });
         }
         removed.is_some()
     }
@@ -496,7 +504,7 @@ impl ServerCore {
                     let reason =
                         if status == AckStatus::Expired { DenyReason::Expired } else { DenyReason::Revoked };
                     drop(lease);
-                    return self.deny(&lic.rec, p, reason, 0, used, out);
+                    return self.deny(&lic.rec, p, src, unix, reason, 0, used, out);
                 }
                 if let Some(s) = &lease.session {
                     let same = s.client_nonce == p.client_nonce && s.cookie == p.cookie;
@@ -529,24 +537,24 @@ impl ServerCore {
 
         // Step 6.
         if lic.rec.revoked {
-            return self.deny(&lic.rec, p, DenyReason::Revoked, 0, used, out);
+            return self.deny(&lic.rec, p, src, unix, DenyReason::Revoked, 0, used, out);
         }
         if lic.rec.expires_unix.is_some_and(|e| unix >= e) {
-            return self.deny(&lic.rec, p, DenyReason::Expired, 0, used, out);
+            return self.deny(&lic.rec, p, src, unix, DenyReason::Expired, 0, used, out);
         }
         // Step 7a: during a recovery grace, seats go to earlier holders first.
         if let Some(left) = self.grace_left(now) {
             if p.prev_lease_id == 0 {
-                return self.deny(&lic.rec, p, DenyReason::Busy, ms(left), used, out);
+                return self.deny(&lic.rec, p, src, unix, DenyReason::Busy, ms(left), used, out);
             }
         }
         // Step 7b: a seat that could not be recorded must not be handed out.
         if !self.store_available() {
-            return self.deny(&lic.rec, p, DenyReason::Unavailable, 1000, used, out);
+            return self.deny(&lic.rec, p, src, unix, DenyReason::Unavailable, 1000, used, out);
         }
         // Step 8.
         if used >= usize::from(seats) {
-            return self.deny(&lic.rec, p, DenyReason::Full, ms(hb), used, out);
+            return self.deny(&lic.rec, p, src, unix, DenyReason::Full, ms(hb), used, out);
         }
         // Step 7: a new lease, journaled; its GRANT waits for the commit.
         let lease_id = self.new_lease_id();
@@ -625,16 +633,31 @@ impl ServerCore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the DENY's fields and what the audit log keeps of it
     fn deny(
         &self,
         rec: &LicenseRecord,
         p: &Proof,
+        src: SocketAddr,
+        unix: u64,
         reason: DenyReason,
         retry_after_ms: u32,
         used: usize,
         out: &mut [u8],
     ) -> Reply {
         bump(&self.stats.denials);
+        bump(match reason {
+            DenyReason::Full => &self.stats.denied_full,
+            DenyReason::Busy => &self.stats.denied_busy,
+            DenyReason::Revoked => &self.stats.denied_revoked,
+            DenyReason::Expired => &self.stats.denied_expired,
+            DenyReason::Unavailable => &self.stats.denied_unavailable,
+        });
+        let event = DenyEvent { license: rec.id, instance_id: p.instance_id, addr: src, unix, reason };
+        match self.denials.lock() {
+            Ok(mut q) if q.len() < MAX_PENDING_DENIALS => q.push(event),
+            _ => bump(&self.stats.audit_dropped),
+        }
         let keys = proof_session(rec, p, 0, self.cfg.epoch);
         let msg = Message::Deny(Deny {
             epoch: self.cfg.epoch,
@@ -699,7 +722,15 @@ impl ServerCore {
         // The lease lock must go before remove_lease takes the license lock (lock order).
         drop(guard);
         bump(&self.stats.heartbeats);
-        if release && self.remove_lease(&license_id, hb.lease_id, &instance, Some(self.now_s(now))) {
+        if release
+            && self.remove_lease(
+                &license_id,
+                hb.lease_id,
+                &instance,
+                Some(self.now_s(now)),
+                EndReason::Released,
+            )
+        {
             bump(&self.stats.releases);
         }
         let msg = Message::Ack(Ack {
@@ -715,5 +746,49 @@ impl ServerCore {
     /// Every live lease, for status displays: (store license id, lease).
     pub fn holders(&self) -> Vec<RestoredLease> {
         self.leases.iter().map(|l| l.record.clone()).collect()
+    }
+
+    /// Every live lease with its last heartbeat, for the admin's monitor. `unix` is the wall
+    /// clock at `now`. Walks the whole table: for the dashboard's refresh, not the hot path.
+    pub fn lease_views(&self, now: Instant, unix: u64) -> Vec<LeaseView> {
+        self.leases
+            .iter()
+            .map(|l| {
+                // A renewal sets `expires` to one TTL after the heartbeat.
+                let last = l.expires.checked_sub(l.ttl).unwrap_or(now);
+                let ago = now.saturating_duration_since(last).as_secs();
+                LeaseView {
+                    lease: l.record.clone(),
+                    last_heartbeat_unix: unix.saturating_sub(ago),
+                    expires_in_ms: u64::try_from(l.expires.saturating_duration_since(now).as_millis())
+                        .unwrap_or(u64::MAX),
+                }
+            })
+            .collect()
+    }
+
+    /// Frees a seat at an admin's request: the lease is gone at once, its removal journaled,
+    /// and the holder's next heartbeat is answered STALE, so the holder tries to take a seat
+    /// again (and gets one if the license has a free seat). Returns the lease as it was, or
+    /// `None` if no such lease is live.
+    pub fn force_release(&self, now: Instant, lease_id: u64, by: &str) -> Option<RestoredLease> {
+        let (license_id, record) = self.leases.get(&lease_id).map(|l| (l.license_id, l.record.clone()))?;
+        let why = EndReason::ForceReleased(by.to_owned());
+        if self.remove_lease(&license_id, lease_id, &record.instance_id, Some(self.now_s(now)), why) {
+            bump(&self.stats.force_releases);
+            Some(record)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the denials waiting for the audit log.
+    pub fn drain_denials(&self) -> Vec<DenyEvent> {
+        self.denials.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
+
+    /// Seats per store license id, for the metrics' gauges.
+    pub fn seats(&self) -> HashMap<i64, (usize, u16)> {
+        self.licenses.iter().map(|l| (l.rec.id, (l.holders.len(), l.rec.seats))).collect()
     }
 }

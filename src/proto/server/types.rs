@@ -50,7 +50,53 @@ pub struct RestoredLease {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalOp {
     Grant(RestoredLease),
-    Remove { lease_id: u64 },
+    Remove { lease_id: u64, why: EndReason },
+}
+
+/// Why a lease ended, for the audit log (the store records each removal with its cause).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The holder sent a releasing heartbeat.
+    Released,
+    /// The holder stopped heartbeating for a TTL.
+    Expired,
+    /// An admin freed the seat (`lic-udp release`, the dashboard); the name is who did it.
+    ForceReleased(String),
+    /// Dropped at start-up: its license is gone, or the store held more leases than seats.
+    Dropped,
+}
+
+impl EndReason {
+    /// The audit log's event name.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Self::Released => "release",
+            Self::Expired => "expire",
+            Self::ForceReleased(_) => "force-release",
+            Self::Dropped => "drop",
+        }
+    }
+}
+
+/// A DENY the server sent, kept for the audit log. Denials are not journaled (nothing about
+/// seats changed), so they wait in a bounded queue until the driver writes them out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub license: i64,
+    pub instance_id: [u8; 16],
+    pub addr: SocketAddr,
+    pub unix: u64,
+    pub reason: crate::proto::wire::DenyReason,
+}
+
+/// One live lease as the admin's monitor shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub lease: RestoredLease,
+    /// Wall-clock second of the last accepted heartbeat (or of the grant).
+    pub last_heartbeat_unix: u64,
+    /// Whole milliseconds until the lease expires unless renewed.
+    pub expires_in_ms: u64,
 }
 
 /// What to do with the bytes the core wrote into the caller's buffer.
@@ -104,6 +150,14 @@ counters! {
     grants,
     regrants,
     denials,
+    denied_full,
+    denied_busy,
+    denied_revoked,
+    denied_expired,
+    denied_unavailable,
+    /// Denials not written to the audit log because its queue was full.
+    audit_dropped,
+    force_releases,
     heartbeats,
     releases,
     expiries,

@@ -1,0 +1,234 @@
+//! What the admin reads: `status` (live from the server when it answers, else the data dir),
+//! `release` (through the server) and `log` (the audit log, from the data dir).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use lic_udp::server::unix_now;
+use lic_udp::status::{self, Status};
+use lic_udp::store::{AuditEntry, AuditQuery, Store};
+
+use crate::default_data_dir;
+use crate::exit::{Failure, IO, UNREACHABLE, USAGE};
+use crate::remote::{self, ApiError, ApiOpt};
+
+#[derive(Args)]
+pub struct StatusOpt {
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Machine-readable output (format documented in README.md).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiOpt,
+}
+
+#[derive(Args)]
+pub struct ReleaseOpt {
+    /// The lease to free, as `lic-udp status` shows it (16 hex digits).
+    #[arg(long)]
+    lease: String,
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    api: ApiOpt,
+}
+
+#[derive(Args)]
+pub struct LogOpt {
+    /// Only events at or after this time: RFC 3339 (2026-11-22T10:00:00Z), unix seconds, or
+    /// a duration ago (2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events of this license id.
+    #[arg(long)]
+    license: Option<i64>,
+    /// At most this many of the newest events.
+    #[arg(long, default_value_t = 10_000)]
+    limit: u32,
+    /// CSV with a header line, for spreadsheets.
+    #[arg(long)]
+    csv: bool,
+    /// Data dir [env: LIC_UDP_DATA_DIR].
+    #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+}
+
+pub fn status(o: StatusOpt) -> Result<i32, Failure> {
+    let live = match remote::endpoint(&o.api, &o.data_dir) {
+        Some(ep) => match remote::get(&ep, "/api/status") {
+            Ok(v) => Some(serde_json::from_value::<Status>(v).map_err(|e| {
+                Failure::new(IO, format!("the server's status is not what this lic-udp expects: {e}"))
+            })?),
+            Err(ApiError::Unreachable(m)) => {
+                eprintln!("lic-udp: {m}; showing the data dir's record instead");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let st = match live {
+        Some(s) => s,
+        None => {
+            let store = Store::open_existing(&o.data_dir)?;
+            status::build(store.licenses()?, None, &store.leases()?, unix_now())
+        }
+    };
+    let text = if o.json {
+        let mut t = serde_json::to_string_pretty(&st).map_err(|e| Failure::new(IO, e.to_string()))?;
+        t.push('\n');
+        t
+    } else {
+        render_status(&st)
+    };
+    crate::print_stdout(&text)?;
+    Ok(0)
+}
+
+fn render_status(st: &Status) -> String {
+    let mut text = String::new();
+    if st.licenses.is_empty() {
+        text.push_str("no licenses yet; issue one with `lic-udp issue --user NAME --type team`\n");
+        return text;
+    }
+    let _ =
+        writeln!(text, "{:<4} {:<12} {:<8} {:>7}  {:<8} EXPIRES", "ID", "OWNER", "TYPE", "SEATS", "STATE");
+    for l in &st.licenses {
+        let seats = format!("{}/{}", l.in_use, l.seats);
+        let expires = l.expires.as_deref().unwrap_or("never");
+        let _ = writeln!(
+            text,
+            "{:<4} {:<12} {:<8} {:>7}  {:<8} {}",
+            l.id, l.owner, l.license_type, seats, l.state, expires
+        );
+        for h in &l.holders {
+            let instance = &h.instance[..12.min(h.instance.len())];
+            let _ = write!(
+                text,
+                "     holder {}  lease {}  instance {instance}  since {}",
+                h.address, h.lease, h.since
+            );
+            if let Some(last) = &h.last_heartbeat {
+                let _ = write!(text, "  last heartbeat {last}");
+            }
+            text.push('\n');
+        }
+    }
+    if st.source == "store" {
+        text.push_str(
+            "(from the data dir: holders as last recorded; run `lic-udp serve --http` for live status)\n",
+        );
+    }
+    text
+}
+
+pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
+    if o.lease.len() > 16 || u64::from_str_radix(&o.lease, 16).map_or(true, |v| v == 0) {
+        return Err(Failure::usage(format!(
+            "`{}` is not a lease id; use the 16 hex digits `lic-udp status` shows after \"lease\"",
+            o.lease
+        )));
+    }
+    let ep = remote::endpoint(&o.api, &o.data_dir).ok_or_else(|| {
+        Failure::new(
+            UNREACHABLE,
+            format!(
+                "no running dashboard found (no {} in {}): a seat is freed by the server that holds it, so start it \
+                 with `lic-udp serve --http`, or give --url and --token",
+                lic_udp::http::ENDPOINT_FILE,
+                o.data_dir.display()
+            ),
+        )
+    })?;
+    let r = remote::post(&ep, &format!("/api/leases/{}/release", o.lease), serde_json::json!({}))?;
+    eprintln!(
+        "lease {} of license {} (holder {}) released; the holder's next heartbeat is refused, and it takes a seat \
+         again if one is free",
+        o.lease,
+        r.get("license").and_then(|v| v.as_i64()).unwrap_or_default(),
+        r.get("address").and_then(|v| v.as_str()).unwrap_or("?")
+    );
+    Ok(0)
+}
+
+/// `--since`: a time, unix seconds, or a duration before now.
+fn since(s: &str) -> Result<u64, Failure> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .map_err(|_| Failure::usage(format!("--since {s} is before 1970")));
+    }
+    humantime::parse_duration(s).map(|d| unix_now().saturating_sub(d.as_secs())).map_err(|_| {
+        Failure::usage(format!(
+            "--since `{s}` is not a time; use e.g. 2026-11-22T10:00:00Z, 1763800000 or 7d"
+        ))
+    })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn render_log(entries: &[AuditEntry], csv: bool) -> String {
+    let mut text = String::new();
+    if csv {
+        text.push_str("seq,time,event,license,lease,instance,address,actor,detail\n");
+    }
+    for e in entries {
+        let f = |v: &Option<String>| v.as_deref().map(csv_field).unwrap_or_default();
+        let time = status::rfc3339(e.ts);
+        let license = e.license.map(|l| l.to_string()).unwrap_or_default();
+        if csv {
+            let _ = writeln!(
+                text,
+                "{},{time},{},{license},{},{},{},{},{}",
+                e.seq,
+                e.event,
+                f(&e.lease),
+                f(&e.instance),
+                f(&e.addr),
+                f(&e.actor),
+                f(&e.detail)
+            );
+        } else {
+            let _ = write!(text, "{time}  {:<13} license {:<4}", e.event, license);
+            for (k, v) in [("lease", &e.lease), ("from", &e.addr), ("by", &e.actor)] {
+                if let Some(v) = v {
+                    let _ = write!(text, "  {k} {v}");
+                }
+            }
+            if let Some(d) = &e.detail {
+                let _ = write!(text, "  ({d})");
+            }
+            text.push('\n');
+        }
+    }
+    text
+}
+
+pub fn log(o: LogOpt) -> Result<i32, Failure> {
+    if o.limit == 0 {
+        return Err(Failure::new(USAGE, "--limit must be at least 1"));
+    }
+    let since_unix = o.since.as_deref().map(since).transpose()?;
+    let store = Store::open_existing(&o.data_dir)?;
+    let entries =
+        store.audit(&AuditQuery { since_unix, license: o.license, after_seq: None, limit: Some(o.limit) })?;
+    if entries.is_empty() && !o.csv {
+        eprintln!("no audit events match");
+    }
+    crate::print_stdout(&render_log(&entries, o.csv))?;
+    Ok(0)
+}

@@ -1,0 +1,252 @@
+//! The JSON API under `/api/` (documented in README.md, "JSON API") and `/metrics`.
+//! The operations here are shared with the pages, which only render them differently.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{principal, Principal};
+use super::{Error, State};
+use crate::metrics;
+use crate::status::{self, Status};
+use crate::store::{AuditEntry, AuditQuery};
+use crate::Serial;
+
+/// The header a browser session sends its CSRF token in on `/api/` state changes.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+pub(super) async fn not_found() -> Error {
+    Error::NotFound("no such page or API route; see README.md, \"JSON API\"".into())
+}
+
+pub(super) async fn metrics(state: State) -> impl IntoResponse {
+    let core = &state.core;
+    let text = metrics::render(&metrics::Snapshot {
+        stats: core.stats().snapshot(),
+        seats: core.seats(),
+        live_leases: core.live_leases(),
+        heartbeat_time: &state.heartbeat_time,
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+#[derive(Serialize)]
+pub(super) struct WhoAmI {
+    user: String,
+    admin: bool,
+}
+
+pub(super) async fn whoami(state: State, headers: HeaderMap) -> Result<Json<WhoAmI>, Error> {
+    let p = principal(&state, &headers).await?;
+    Ok(Json(WhoAmI { user: p.user, admin: p.admin }))
+}
+
+/// The live status of the licenses `p` may see.
+pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> Result<Status, Error> {
+    let licenses = state.store(|s| s.licenses()).await?;
+    let licenses = licenses.into_iter().filter(|l| p.may_see(&l.owner)).collect();
+    let (now, unix) = state.now();
+    let views = state.core.lease_views(now, unix);
+    Ok(status::build(licenses, Some(&views), &[], unix))
+}
+
+pub(super) async fn status(state: State, headers: HeaderMap) -> Result<Json<Status>, Error> {
+    let p = principal(&state, &headers).await?;
+    Ok(Json(status_for(&state, &p).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct IssueRequest {
+    #[serde(rename = "type")]
+    pub license_type: String,
+    pub seats: Option<u16>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Issued {
+    pub id: i64,
+    /// Shown once: the server keeps only keys derived from it.
+    pub serial: String,
+    #[serde(rename = "type")]
+    pub license_type: String,
+    pub seats: u16,
+}
+
+/// Issues a license owned by `p`.
+pub(super) async fn issue_for(
+    state: &Arc<super::Dashboard>,
+    p: &Principal,
+    req: IssueRequest,
+) -> Result<Issued, Error> {
+    if req.seats == Some(0) {
+        return Err(Error::BadRequest("seats must be 1 to 65535".into()));
+    }
+    let owner = p.user.clone();
+    let (id, serial, ty, seats): (i64, Serial, String, u16) = state
+        .store(move |s| {
+            let ty = s.site().require(&req.license_type).map_err(crate::store::StoreError::from)?.clone();
+            let (id, serial) = s.issue(&owner, &ty, req.seats, crate::server::unix_now())?;
+            Ok((id, serial, ty.name, req.seats.unwrap_or(ty.seats)))
+        })
+        .await?;
+    tracing::info!("license {id} issued by {} ({ty}, {seats} seats)", p.user);
+    Ok(Issued { id, serial: serial.as_str().to_owned(), license_type: ty, seats })
+}
+
+pub(super) async fn issue(
+    state: State,
+    headers: HeaderMap,
+    Json(req): Json<IssueRequest>,
+) -> Result<impl IntoResponse, Error> {
+    let p = principal(&state, &headers).await?;
+    p.check_csrf(csrf_header(&headers))?;
+    if p.user == super::LOCAL_ACTOR {
+        return Err(Error::Forbidden(
+            "the local token cannot own licenses; use `lic-udp issue`, or a token of an account".into(),
+        ));
+    }
+    let issued = issue_for(&state, &p, req).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(issued)))
+}
+
+pub(super) async fn revoke_for(state: &Arc<super::Dashboard>, p: &Principal, id: i64) -> Result<(), Error> {
+    let (user, admin) = (p.user.clone(), p.admin);
+    state
+        .store(move |s| {
+            let row = s.licenses()?.into_iter().find(|l| l.id == id);
+            match row {
+                None => Err(crate::store::StoreError::NoSuchLicense { id }),
+                // Another account's license: as if it did not exist, so ids cannot be probed.
+                Some(l) if !(admin || l.owner == user) => Err(crate::store::StoreError::NoSuchLicense { id }),
+                Some(_) => s.revoke_as(id, &user, admin, crate::server::unix_now()),
+            }
+        })
+        .await?;
+    tracing::info!("license {id} revoked by {}", p.user);
+    Ok(())
+}
+
+pub(super) async fn revoke(
+    state: State,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let p = principal(&state, &headers).await?;
+    p.check_csrf(csrf_header(&headers))?;
+    revoke_for(&state, &p, id).await?;
+    Ok(Json(serde_json::json!({ "revoked": id })))
+}
+
+/// Parses a lease id as `status` prints it (16 hex digits).
+pub(super) fn lease_id(text: &str) -> Result<u64, Error> {
+    u64::from_str_radix(text, 16).ok().filter(|&v| v != 0 && text.len() <= 16).ok_or_else(|| {
+        Error::BadRequest(format!("`{text}` is not a lease id; use the 16 hex digits `status` shows"))
+    })
+}
+
+#[derive(Serialize)]
+pub(super) struct Released {
+    pub lease: String,
+    pub license: i64,
+    pub address: String,
+    pub instance: String,
+}
+
+pub(super) async fn release_for(
+    state: &Arc<super::Dashboard>,
+    p: &Principal,
+    lease: u64,
+) -> Result<Released, Error> {
+    let missing =
+        || Error::NotFound(format!("no live lease {lease:016x}; it may have been released or expired"));
+    let (now, unix) = state.now();
+    let view = state
+        .core
+        .lease_views(now, unix)
+        .into_iter()
+        .find(|v| v.lease.lease_id == lease)
+        .ok_or_else(missing)?;
+    if !p.admin {
+        let license = view.lease.license;
+        let owner = state
+            .store(move |s| Ok(s.licenses()?.into_iter().find(|l| l.id == license).map(|l| l.owner)))
+            .await?;
+        if owner.as_deref() != Some(p.user.as_str()) {
+            // The same answer as for a lease that does not exist: nothing to learn by guessing.
+            return Err(missing());
+        }
+    }
+    let r = state.core.force_release(now, lease, &p.user).ok_or_else(missing)?;
+    tracing::info!("lease {lease:016x} of license {} force-released by {}", r.license, p.user);
+    Ok(Released {
+        lease: format!("{lease:016x}"),
+        license: r.license,
+        address: r.addr.to_string(),
+        instance: hex::encode(r.instance_id),
+    })
+}
+
+pub(super) async fn release(
+    state: State,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+) -> Result<Json<Released>, Error> {
+    let p = principal(&state, &headers).await?;
+    p.check_csrf(csrf_header(&headers))?;
+    let lease = lease_id(&lease)?;
+    Ok(Json(release_for(&state, &p, lease).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogQuery {
+    /// Unix seconds or RFC 3339.
+    since: Option<String>,
+    license: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn log(
+    state: State,
+    headers: HeaderMap,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Vec<AuditEntry>>, Error> {
+    let p = principal(&state, &headers).await?;
+    let since = q.since.as_deref().map(parse_time).transpose()?;
+    let query = AuditQuery { since_unix: since, license: q.license, after_seq: q.after, limit: q.limit };
+    let (user, admin) = (p.user.clone(), p.admin);
+    let entries = state
+        .store(move |s| {
+            let mut entries = s.audit(&query)?;
+            if !admin {
+                let own: Vec<i64> =
+                    s.licenses()?.into_iter().filter(|l| l.owner == user).map(|l| l.id).collect();
+                entries.retain(|e| e.license.is_some_and(|id| own.contains(&id)));
+            }
+            Ok(entries)
+        })
+        .await?;
+    Ok(Json(entries))
+}
+
+/// Unix seconds or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<u64, Error> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            Error::BadRequest(format!("`{s}` is not a time; use unix seconds or e.g. 2026-11-22T10:00:00Z"))
+        })
+}

@@ -1,0 +1,119 @@
+//! What `lic-udp status --json`, `GET /api/status` and the dashboard's monitor show: every
+//! license with its seats and holders. One model, so the three never disagree; the CLI builds
+//! it from the data dir when no server answers, the server from its live lease table.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::server::{LeaseView, RestoredLease};
+use crate::store::LicenseRow;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// `live` when the running server answered, `store` when read from the data dir (holders
+    /// as last recorded; last heartbeats unknown).
+    pub source: String,
+    pub licenses: Vec<LicenseStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LicenseStatus {
+    pub id: i64,
+    pub owner: String,
+    #[serde(rename = "type")]
+    pub license_type: String,
+    pub seats: u16,
+    pub in_use: usize,
+    /// idle, in use, full, expired or revoked.
+    pub state: String,
+    pub created: String,
+    pub expires: Option<String>,
+    pub revoked: Option<String>,
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// Hex; what `lic-udp release --lease` takes.
+    pub lease: String,
+    pub address: String,
+    pub instance: String,
+    pub since: String,
+    /// Only when live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+}
+
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+fn holder(l: &RestoredLease, live: Option<&LeaseView>) -> Holder {
+    Holder {
+        lease: format!("{:016x}", l.lease_id),
+        address: l.addr.to_string(),
+        instance: hex::encode(l.instance_id),
+        since: rfc3339(l.since_unix),
+        last_heartbeat: live.map(|v| rfc3339(v.last_heartbeat_unix)),
+        expires_in_ms: live.map(|v| v.expires_in_ms),
+    }
+}
+
+/// Builds the status of `licenses` (already filtered to what the viewer may see). `live` is
+/// the server's lease table; without it, `recorded` (the store's journal) is shown.
+pub fn build(
+    licenses: Vec<LicenseRow>,
+    live: Option<&[LeaseView]>,
+    recorded: &[RestoredLease],
+    now_unix: u64,
+) -> Status {
+    let mut by_license: BTreeMap<i64, Vec<Holder>> = BTreeMap::new();
+    match live {
+        Some(views) => {
+            let mut views: Vec<&LeaseView> = views.iter().collect();
+            views.sort_by_key(|v| (v.lease.since_unix, v.lease.lease_id));
+            for v in views {
+                by_license.entry(v.lease.license).or_default().push(holder(&v.lease, Some(v)));
+            }
+        }
+        None => {
+            for l in recorded {
+                by_license.entry(l.license).or_default().push(holder(l, None));
+            }
+        }
+    }
+    let licenses = licenses
+        .into_iter()
+        .map(|l| {
+            let holders = by_license.remove(&l.id).unwrap_or_default();
+            let state = if l.revoked_unix.is_some() {
+                "revoked"
+            } else if l.expires_unix.is_some_and(|e| now_unix >= e) {
+                "expired"
+            } else if holders.len() >= usize::from(l.seats) {
+                "full"
+            } else if holders.is_empty() {
+                "idle"
+            } else {
+                "in use"
+            };
+            LicenseStatus {
+                id: l.id,
+                owner: l.owner,
+                license_type: l.type_name,
+                seats: l.seats,
+                in_use: holders.len(),
+                state: state.to_owned(),
+                created: rfc3339(l.created_unix),
+                expires: l.expires_unix.map(rfc3339),
+                revoked: l.revoked_unix.map(rfc3339),
+                holders,
+            }
+        })
+        .collect();
+    Status { source: if live.is_some() { "live" } else { "store" }.to_owned(), licenses }
+}
