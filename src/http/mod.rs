@@ -218,7 +218,10 @@ impl From<StoreError> for Error {
             StoreError::NotOwner { .. } => Self::Forbidden(e.to_string()),
             StoreError::AlreadyRevoked { .. } => Self::Conflict(e.to_string()),
             StoreError::LoginThrottled { .. } => Self::TooManyRequests(e.to_string()),
-            StoreError::BadSeats { .. } => Self::BadRequest(e.to_string()),
+            StoreError::BadSeats { .. }
+            | StoreError::Config(crate::config::ConfigError::UnknownType { .. }) => {
+                Self::BadRequest(e.to_string())
+            }
             // Never say which of the two was wrong.
             StoreError::NoSuchUser { .. } | StoreError::WrongPassword { .. } => Self::Unauthenticated,
             other => {

@@ -785,7 +785,11 @@ impl Store {
                             event: "issue",
                             license: Some(id),
                             actor: Some(owner),
-                            detail: Some(format!("type {}, {seats} seats", ty.name)),
+                            detail: Some(format!(
+                                "type {}, {seats} seat{}",
+                                ty.name,
+                                if seats == 1 { "" } else { "s" }
+                            )),
                             ..audit::Row::default()
                         },
                     )?;
