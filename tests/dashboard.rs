@@ -72,7 +72,7 @@ fn holder(d: &Dash, serial: &str) -> Child {
     c.spawn().expect("spawn run")
 }
 
-fn license<'a>(status: &'a Value, id: i64) -> Option<&'a Value> {
+fn license(status: &Value, id: i64) -> Option<&Value> {
     status["licenses"].as_array().expect("licenses").iter().find(|l| l["id"] == id)
 }
 
