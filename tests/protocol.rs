@@ -1188,3 +1188,47 @@ fn replayed_proof_after_the_lease_ended_takes_no_seat() {
     assert_eq!(sim.client(c).count(is_granted), 2, "{:?}", sim.client(c).events_only());
     assert_eq!(sim.seats(1), 1);
 }
+
+#[test]
+fn force_release_frees_the_seat_and_a_live_holder_comes_back_under_a_new_lease() {
+    let mut sim = single(21, 1);
+    let a = sim.add_client(SERIAL);
+    sim.run_for(secs(20));
+    let lease = sim.client(a).core.lease_id().expect("granted");
+    let now = sim.now;
+    let r = sim.server().force_release(now, lease, "root").expect("a live lease");
+    assert_eq!(r.lease_id, lease);
+    assert_eq!(sim.seats(1), 0, "freed at once");
+    assert!(sim.server().force_release(now, lease, "root").is_none(), "released once");
+    assert_eq!(sim.stats().force_releases, 1);
+    // The holder's next heartbeat gets STALE; it re-handshakes and takes the free seat again.
+    sim.run_for(secs(40));
+    let again = sim.client(a).core.lease_id().expect("holds again");
+    assert_ne!(again, lease);
+    assert_eq!(sim.seats(1), 1);
+    sim.commit();
+    assert!(sim
+        .store
+        .contains(&JournalOp::Remove { lease_id: lease, why: EndReason::ForceReleased("root".into()) }));
+    assert!(sim.restored_leases().iter().all(|l| l.lease_id != lease), "the removal is durable");
+}
+
+#[test]
+fn force_released_holder_does_not_take_a_seat_a_newcomer_got_first() {
+    let mut sim = single(22, 1);
+    let a = sim.add_client(SERIAL);
+    sim.run_for(secs(20));
+    let lease = sim.client(a).core.lease_id().expect("granted");
+    let now = sim.now;
+    sim.server().force_release(now, lease, "root").expect("a live lease");
+    let b = sim.add_client(SERIAL);
+    let mut max_seats = 0;
+    sim.run_for_with(secs(120), |s| max_seats = max_seats.max(s.seats(1)));
+    assert_eq!(max_seats, 1, "never more than the one seat");
+    assert_eq!(sim.client(b).count(is_granted), 1, "the newcomer got the freed seat");
+    let holder = sim.server().holders();
+    assert_eq!(holder.len(), 1);
+    assert_eq!(Some(holder[0].lease_id), sim.client(b).core.lease_id());
+    assert!(sim.client(a).count(|e| *e == Event::Lost) >= 1, "the released holder reports the loss");
+    assert!(sim.stats().denied_full >= 1, "and was refused while the seat was taken");
+}
