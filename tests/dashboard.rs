@@ -284,6 +284,10 @@ fn cli_status_release_and_log_use_the_live_server() {
     assert!(text(&o.stdout).contains(&format!("lease {lease}")), "{}", text(&o.stdout));
     assert!(!text(&o.stdout).contains(&serial), "status never shows a serial");
 
+    // The one seat is taken: a second program is refused, and the refusal is audited.
+    let o = output(lic(&["verify", "--serial", &serial, "--server", &d.srv.server_arg()]));
+    assert_eq!(code(&o), 1, "{}", text(&o.stderr));
+
     let o = output(lic(&["release", "--lease", "zz", "--data-dir", &d_s]));
     assert_eq!(code(&o), 64, "{}", text(&o.stderr));
     let o = output(lic(&["release", "--lease", "00000000000000ff", "--data-dir", &d_s]));
@@ -299,7 +303,8 @@ fn cli_status_release_and_log_use_the_live_server() {
     assert!(
         wait_for(Duration::from_secs(10), || {
             log = text(&output(lic(&["log", "--data-dir", &d_s, "--csv"])).stdout);
-            log.contains(",force-release,")
+            // Denials reach the log within a second (they are batched).
+            log.contains(",force-release,") && log.contains(",deny,")
         }),
         "{log}"
     );
@@ -307,6 +312,7 @@ fn cli_status_release_and_log_use_the_live_server() {
     assert_eq!(lines[0], "seq,time,event,license,lease,instance,address,actor,detail");
     assert!(lines.iter().any(|l| l.contains(",issue,1,") && l.contains(",alice,")), "{log}");
     assert!(lines.iter().any(|l| l.contains(&format!(",grant,1,{lease},"))), "{log}");
+    assert!(lines.iter().any(|l| l.contains(",deny,1,") && l.ends_with(",full")), "{log}");
     assert!(
         lines
             .iter()
