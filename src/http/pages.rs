@@ -371,25 +371,40 @@ pub(super) async fn issue(state: State, headers: HeaderMap, Form(f): Form<IssueF
     }
 }
 
+/// A button's form post: signed in, CSRF checked, then `act`; back to the monitor on success.
+async fn form_action<T, Fut>(
+    state: &Arc<Dashboard>,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+    act: impl FnOnce(Principal) -> Fut,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let p = match signed_in(state, headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let Err(e) = p.check_csrf(csrf) {
+        return error_page(Some(&p), &e);
+    }
+    match act(p.clone()).await {
+        Ok(_) => Redirect::to("/monitor").into_response(),
+        Err(e) => error_page(Some(&p), &e),
+    }
+}
+
 pub(super) async fn release(
     state: State,
     headers: HeaderMap,
     Path(lease): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let p = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let r = async {
-        p.check_csrf(f.csrf.as_deref())?;
-        api::release_for(&state, &p, api::lease_id(&lease)?).await
-    }
-    .await;
-    match r {
-        Ok(_) => Redirect::to("/monitor").into_response(),
-        Err(e) => error_page(Some(&p), &e),
-    }
+    let st = state.0.clone();
+    form_action(&state, &headers, f.csrf.as_deref(), |p| async move {
+        api::release_for(&st, &p, api::lease_id(&lease)?).await
+    })
+    .await
 }
 
 pub(super) async fn revoke(
@@ -398,17 +413,7 @@ pub(super) async fn revoke(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let p = match signed_in(&state, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let r = async {
-        p.check_csrf(f.csrf.as_deref())?;
-        api::revoke_for(&state, &p, id).await
-    }
-    .await;
-    match r {
-        Ok(()) => Redirect::to("/monitor").into_response(),
-        Err(e) => error_page(Some(&p), &e),
-    }
+    let st = state.0.clone();
+    form_action(&state, &headers, f.csrf.as_deref(), |p| async move { api::revoke_for(&st, &p, id).await })
+        .await
 }
