@@ -20,6 +20,7 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_PORT: u16 = 7301;
 
 mod batch;
+pub use batch::{enlarge_buffers, BufferSizes, SOCKET_BUFFER};
 
 /// How long the IO thread blocks at most before it looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -149,7 +150,10 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = self.socket.into_std().map_err(ServeError::Socket)?;
-        socket.set_nonblocking(false).map_err(ServeError::Socket)?;
+        // Non-blocking reads with a poll(2) wait when idle (batch::recv, batch::wait).
+        socket.set_nonblocking(true).map_err(ServeError::Socket)?;
+        let sizes = batch::enlarge_buffers(&socket);
+        tracing::debug!("socket buffers: {} bytes receive, {} bytes send", sizes.recv, sizes.send);
         let worker = Worker {
             socket,
             core: self.core,
@@ -177,7 +181,7 @@ impl Server {
     }
 }
 
-type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
+use batch::Out;
 
 /// The IO thread's state.
 struct Worker {
@@ -191,35 +195,43 @@ struct Worker {
 impl Worker {
     fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
         let mut bufs = batch::RecvBufs::new();
+        let mut send_bufs = batch::SendBufs::new();
         let mut out: Vec<Out> = Vec::with_capacity(batch::BATCH);
         let mut gated: Vec<Out> = Vec::new();
         let mut next_timeout = self.core.poll_timeout(Instant::now());
         let mut next_housekeeping = Instant::now() + TICK;
+        let mut now = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            // Wake for the core's next deadline, and at least every 50 ms to see `stop`.
-            let wait = next_timeout
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(1), STOP_POLL);
-            self.socket.set_read_timeout(Some(wait)).map_err(ServeError::Socket)?;
+            // Take what is queued without waiting; only when nothing is does the thread block,
+            // for the core's next deadline, and at least every 50 ms to see `stop`. A busy
+            // server thus makes one system call per batch received (and one per batch sent).
             match batch::recv(&self.socket, &mut bufs) {
+                Ok(0) => {
+                    let wait = next_timeout
+                        .saturating_duration_since(now)
+                        .min(next_housekeeping.saturating_duration_since(now))
+                        .clamp(Duration::from_millis(1), STOP_POLL);
+                    batch::wait(&self.socket, wait);
+                }
                 Ok(n) => {
+                    // One clock reading per batch: the datagrams of a batch arrived together.
+                    now = Instant::now();
+                    let unix = unix_now();
                     for i in 0..n {
                         let (_, src, truncated) = bufs.got[i];
                         let datagram = if truncated { &[][..] } else { bufs.datagram(i) };
-                        self.on_datagram(datagram, src, &mut out, &mut gated);
+                        self.on_datagram(now, unix, datagram, src, &mut out, &mut gated);
                     }
                     if !gated.is_empty() {
                         self.commit(&mut out, &mut gated);
                     }
-                    batch::send(&self.socket, &out);
+                    batch::send(&self.socket, &mut send_bufs, &out);
                     out.clear();
                 }
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 // ICMP errors for earlier sends surface here; they say nothing about this socket.
                 Err(e) => tracing::debug!("recv error: {e}"),
             }
-            let now = Instant::now();
+            now = Instant::now();
             if now >= next_timeout {
                 self.core.handle_timeout(now);
                 next_timeout = self.core.poll_timeout(now);
@@ -233,7 +245,7 @@ impl Worker {
                 }
                 if self.core.has_pending_journal() {
                     self.commit(&mut out, &mut gated);
-                    batch::send(&self.socket, &out);
+                    batch::send(&self.socket, &mut send_bufs, &out);
                     out.clear();
                 }
                 self.reload_if_changed();
@@ -241,19 +253,27 @@ impl Worker {
         }
         if self.core.has_pending_journal() {
             self.commit(&mut out, &mut gated);
-            batch::send(&self.socket, &out);
+            batch::send(&self.socket, &mut send_bufs, &out);
         }
         Ok(())
     }
 
-    fn on_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
+    fn on_datagram(
+        &self,
+        now: Instant,
+        unix: u64,
+        datagram: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<Out>,
+        gated: &mut Vec<Out>,
+    ) {
         let mut reply = [0u8; MAX_DATAGRAM];
-        let mut r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
+        let mut r = self.core.handle(now, unix, src, datagram, &mut reply);
         if matches!(r, Reply::Send(_)) && reply[3] == MsgType::Unknown as u8 && self.may_reload_for_unknown()
         {
             // Perhaps issued a moment ago by `lic-udp issue`: look again before saying no.
             if self.reload_if_changed() {
-                r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
+                r = self.core.handle(Instant::now(), unix, src, datagram, &mut reply);
             }
         }
         match r {
