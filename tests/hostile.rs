@@ -551,19 +551,31 @@ fn fetch_cookie(sock: &StdUdpSocket, server: SocketAddr, rng: &mut StdRng) -> ([
     panic!("no CHALLENGE");
 }
 
+/// Source sockets the amplification flood takes turns on (all on 127.0.0.5). The server
+/// answers each source address at most 1,000 unauthenticated datagrams a second (proto-spec.md
+/// §4, "Reply limit"); spread over this many sockets, the flood stays far below that, so every
+/// marker is answered and every reply can be checked.
+const AMP_SOCKETS: usize = 32;
+
 fn amplification_flood(server: SocketAddr, seeds: &Seeds, target: u64, limit: Duration) -> AmpReport {
-    let sock = StdUdpSocket::bind("127.0.0.5:0").expect("bind 127.0.0.5");
     let mut rng = StdRng::seed_from_u64(0xa3f1_2026);
     let mut rep = AmpReport::default();
     let start = Instant::now();
-    let mut own = fetch_cookie(&sock, server, &mut rng);
-    let mut own_at = Instant::now();
+    let mut sources: Vec<(StdUdpSocket, ([u8; 16], Cookie), Instant)> = (0..AMP_SOCKETS)
+        .map(|_| {
+            let sock = StdUdpSocket::bind("127.0.0.5:0").expect("bind 127.0.0.5");
+            let own = fetch_cookie(&sock, server, &mut rng);
+            (sock, own, Instant::now())
+        })
+        .collect();
     let mut batch_no = 0u64;
     while rep.datagrams < target && start.elapsed() < limit {
+        let (sock, own, own_at) = &mut sources[batch_no as usize % AMP_SOCKETS];
         if own_at.elapsed() > Duration::from_secs(20) {
-            own = fetch_cookie(&sock, server, &mut rng);
-            own_at = Instant::now();
+            *own = fetch_cookie(sock, server, &mut rng);
+            *own_at = Instant::now();
         }
+        let (sock, own) = (&*sock, *own);
         batch_no += 1;
         let only_s2c = batch_no % 8 == 0;
         rep.s2c_only_batches += u64::from(only_s2c);
@@ -1140,6 +1152,8 @@ fn garbage_flood_does_not_starve_heartbeats() {
         let mut fl = p.flood.clone();
         fl.sort();
         let read = after.received - before.received;
+        let answered = (after.challenges + after.stale + after.unknown_license)
+            - (before.challenges + before.stale + before.unknown_license);
         let hb_rate = (after.heartbeats - before.heartbeats) as f64 / flood_secs;
         let success = 100.0 * p.flood.len() as f64 / p.flood_sent.max(1) as f64;
         println!(
@@ -1150,8 +1164,7 @@ fn garbage_flood_does_not_starve_heartbeats() {
             flood.sent as f64 / flood_secs,
             flood.failed,
             read as f64 / flood_secs,
-            (after.challenges + after.stale + after.unknown_license)
-                - (before.challenges + before.stale + before.unknown_license),
+            answered,
             after.dropped_reply_limit - before.dropped_reply_limit,
         );
         println!(
@@ -1175,6 +1188,11 @@ fn garbage_flood_does_not_starve_heartbeats() {
             fl.last().copied().unwrap_or_default(),
         );
         assert!(flood.sent > 100_000, "the flood sent only {} datagrams", flood.sent);
+        // The reply limit held: the flooding socket got at most a burst plus the rate.
+        let limit =
+            lic_udp::proto::ratelimit::BURST as f64 + lic_udp::proto::ratelimit::RATE as f64 * flood_secs;
+        assert!((answered as f64) <= limit + 100.0, "{answered} unauthenticated replies to the flood");
+        assert!(after.dropped_reply_limit > before.dropped_reply_limit);
         assert!(p.flood_sent > 100, "the probe sent only {} heartbeats", p.flood_sent);
         // Every holder sends again within one heartbeat interval of the flood's end and is
         // answered; after that no loss caused by the flood can still be reported.
