@@ -602,7 +602,7 @@ fn amplification_flood(server: SocketAddr, seeds: &Seeds, target: u64, limit: Du
         rep.bytes_sent += m.len() as u64;
         let mut used = vec![false; batch.len()];
         loop {
-            let r = recv_from_server(&sock, server, Duration::from_secs(3))
+            let r = recv_from_server(sock, server, Duration::from_secs(3))
                 .unwrap_or_else(|| panic!("batch {batch_no}: the marker was not answered"));
             rep.bytes_received += r.len() as u64;
             let ty = type_of(&r);
