@@ -10,7 +10,6 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -90,12 +89,10 @@ impl RecvBufs {
     }
 }
 
-/// Takes what is queued on the socket, up to [`BATCH`] datagrams, without waiting. Returns how
-/// many (0 if none); their details are in `bufs.got`.
-///
-/// The socket's own blocking mode does not matter: the call never blocks. [`wait`] is the
-/// blocking half, called only when a batch came back empty, so a busy server makes one system
-/// call per batch.
+/// Blocks until at least one datagram is queued (or the socket's read timeout passes: then
+/// 0), then takes what is queued, up to [`BATCH`] (`MSG_WAITFORONE`). Returns how many; their
+/// details are in `bufs.got`. A busy server makes one system call per batch, and an idle one
+/// sleeps in the same call that then receives.
 pub fn recv(socket: &UdpSocket, bufs: &mut RecvBufs) -> std::io::Result<usize> {
     bufs.got.clear();
     let mut iovs = bufs.data.each_mut().map(|d| [IoSliceMut::new(&mut d[..])]);
@@ -103,11 +100,11 @@ pub fn recv(socket: &UdpSocket, bufs: &mut RecvBufs) -> std::io::Result<usize> {
         socket.as_raw_fd(),
         &mut bufs.headers,
         iovs.iter_mut(),
-        MsgFlags::MSG_DONTWAIT,
+        MsgFlags::MSG_WAITFORONE,
         None,
     ) {
         Ok(r) => r,
-        Err(nix::errno::Errno::EAGAIN) => return Ok(0),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
     for m in results {
@@ -117,12 +114,17 @@ pub fn recv(socket: &UdpSocket, bufs: &mut RecvBufs) -> std::io::Result<usize> {
     Ok(bufs.got.len())
 }
 
-/// Blocks until the socket has a datagram or `timeout` passes (rounded up to a millisecond).
-pub fn wait(socket: &UdpSocket, timeout: Duration) {
-    let ms = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-    // EINTR or an error: the caller's loop tries again.
-    let _ = poll(&mut fds, PollTimeout::from(ms));
+/// The read timeout to set for a wanted wait: rounded *down* to 1, 2, 4, 8, 16 or 32 ms, or
+/// `max`. Waking a little early is harmless (the caller just loops), and with so few distinct
+/// values the timeout changes, and costs a `setsockopt`, only a few times per deadline rather
+/// than on every batch.
+pub fn timeout_step(want: Duration, max: Duration) -> Duration {
+    if want >= max {
+        return max;
+    }
+    let ms = want.as_millis().clamp(1, 32);
+    let pow = 1u64 << (127 - ms.leading_zeros()).min(5);
+    Duration::from_millis(pow)
 }
 
 /// One reply waiting to be sent: destination, bytes, length.
@@ -166,5 +168,25 @@ pub fn send(socket: &UdpSocket, bufs: &mut SendBufs, out: &[Out]) {
         };
         // Skip what was sent, or the one datagram that failed, and go on.
         rest = &rest[sent.max(1).min(rest.len())..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_steps_round_down_to_few_values() {
+        let max = Duration::from_millis(50);
+        let ms = Duration::from_millis;
+        assert_eq!(timeout_step(Duration::ZERO, max), ms(1));
+        assert_eq!(timeout_step(Duration::from_micros(1_900), max), ms(1));
+        assert_eq!(timeout_step(ms(3), max), ms(2));
+        assert_eq!(timeout_step(ms(31), max), ms(16));
+        assert_eq!(timeout_step(ms(49), max), ms(32));
+        assert_eq!(timeout_step(ms(50), max), max);
+        assert_eq!(timeout_step(ms(250), max), max);
+        let distinct: std::collections::BTreeSet<_> = (0..300).map(|m| timeout_step(ms(m), max)).collect();
+        assert_eq!(distinct.len(), 7);
     }
 }

@@ -150,8 +150,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = self.socket.into_std().map_err(ServeError::Socket)?;
-        // Non-blocking reads with a poll(2) wait when idle (batch::recv, batch::wait).
-        socket.set_nonblocking(true).map_err(ServeError::Socket)?;
+        socket.set_nonblocking(false).map_err(ServeError::Socket)?;
         let sizes = batch::enlarge_buffers(&socket);
         tracing::debug!("socket buffers: {} bytes receive, {} bytes send", sizes.recv, sizes.send);
         let worker = Worker {
@@ -201,18 +200,20 @@ impl Worker {
         let mut next_timeout = self.core.poll_timeout(Instant::now());
         let mut next_housekeeping = Instant::now() + TICK;
         let mut now = Instant::now();
+        let mut read_timeout = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
-            // Take what is queued without waiting; only when nothing is does the thread block,
-            // for the core's next deadline, and at least every 50 ms to see `stop`. A busy
-            // server thus makes one system call per batch received (and one per batch sent).
+            // Wake for the core's next deadline, and at least every 50 ms to see `stop`. The
+            // read timeout is a system call to change, so it moves in coarse steps only
+            // (batch::timeout_step); a busy server makes one system call per batch received
+            // and one per batch sent.
+            let want = next_timeout.min(next_housekeeping).saturating_duration_since(now);
+            let step = batch::timeout_step(want, STOP_POLL);
+            if step != read_timeout {
+                self.socket.set_read_timeout(Some(step)).map_err(ServeError::Socket)?;
+                read_timeout = step;
+            }
             match batch::recv(&self.socket, &mut bufs) {
-                Ok(0) => {
-                    let wait = next_timeout
-                        .saturating_duration_since(now)
-                        .min(next_housekeeping.saturating_duration_since(now))
-                        .clamp(Duration::from_millis(1), STOP_POLL);
-                    batch::wait(&self.socket, wait);
-                }
+                Ok(0) => {}
                 Ok(n) => {
                     // One clock reading per batch: the datagrams of a batch arrived together.
                     now = Instant::now();
