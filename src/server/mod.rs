@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::RngCore;
 use tokio::net::UdpSocket;
 
-use crate::proto::server::{Reply, ServerConfig, ServerCore};
+use crate::proto::server::{JournalOp, Reply, ServerConfig, ServerCore};
 use crate::proto::wire::{MsgType, MAX_DATAGRAM};
 use crate::store::{Store, StoreError};
 
@@ -191,8 +191,68 @@ struct Worker {
     last_unknown_reload: Mutex<Instant>,
 }
 
+/// Writes removals (releases, expiries) to the store on a thread of its own. A mass expiry
+/// journals one removal per lease at once; 100,000 deletes in one SQLite transaction take about
+/// 0.6 s, which on the IO thread held every heartbeat behind them. Removals may lag the core
+/// (proto-spec.md §7), so they need not be written between two batches; grants still are,
+/// on the IO thread, before their GRANTs leave.
+struct Remover {
+    tx: Option<std::sync::mpsc::Sender<Vec<JournalOp>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Remover {
+    fn start(core: Arc<ServerCore>, store: Arc<Mutex<Store>>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<JournalOp>>();
+        let thread = std::thread::Builder::new().name("lic-udp-store".into()).spawn(move || {
+            for ops in rx {
+                let result = store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops));
+                match result {
+                    Ok(()) => core.committed(&ops),
+                    Err(e) => {
+                        if core.store_available() {
+                            tracing::error!(
+                                "cannot record releases and expiries, denying new seats until the store \
+                                 takes writes again: {e}"
+                            );
+                        }
+                        // The removals go back into the journal for the next commit.
+                        core.commit_failed(&ops);
+                        core.set_store_available(false);
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Hands `ops` to the store thread; false if it has gone (then the caller writes them).
+    fn send(&self, ops: Vec<JournalOp>) -> Result<(), Vec<JournalOp>> {
+        match &self.tx {
+            Some(tx) => tx.send(ops).map_err(|e| e.0),
+            None => Err(ops),
+        }
+    }
+
+    /// Waits until everything handed over has been written.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Worker {
     fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
+        let mut remover =
+            Remover::start(self.core.clone(), self.store.clone()).map_err(ServeError::Socket)?;
         let mut bufs = batch::RecvBufs::new();
         let mut send_bufs = batch::SendBufs::new();
         let mut out: Vec<Out> = Vec::with_capacity(batch::BATCH);
@@ -206,7 +266,11 @@ impl Worker {
             // read timeout is a system call to change, so it moves in coarse steps only
             // (batch::timeout_step); a busy server makes one system call per batch received
             // and one per batch sent.
-            let want = next_timeout.min(next_housekeeping).saturating_duration_since(now);
+            let mut want = next_timeout.min(next_housekeeping).saturating_duration_since(now);
+            if !gated.is_empty() {
+                // Grants wait for the store, which the store thread holds: look again soon.
+                want = Duration::ZERO;
+            }
             let step = batch::timeout_step(want, STOP_POLL);
             if step != read_timeout {
                 self.socket.set_read_timeout(Some(step)).map_err(ServeError::Socket)?;
@@ -224,13 +288,19 @@ impl Worker {
                         self.on_datagram(now, unix, datagram, src, &mut out, &mut gated);
                     }
                     if !gated.is_empty() {
-                        self.commit(&mut out, &mut gated);
+                        self.commit(&mut out, &mut gated, false);
                     }
                     batch::send(&self.socket, &mut send_bufs, &out);
                     out.clear();
                 }
                 // ICMP errors for earlier sends surface here; they say nothing about this socket.
                 Err(e) => tracing::debug!("recv error: {e}"),
+            }
+            if !gated.is_empty() {
+                // An earlier try found the store busy.
+                self.commit(&mut out, &mut gated, false);
+                batch::send(&self.socket, &mut send_bufs, &out);
+                out.clear();
             }
             now = Instant::now();
             if now >= next_timeout {
@@ -244,16 +314,19 @@ impl Worker {
                 if !self.core.store_available() {
                     self.probe_store();
                 }
-                if self.core.has_pending_journal() {
-                    self.commit(&mut out, &mut gated);
-                    batch::send(&self.socket, &mut send_bufs, &out);
-                    out.clear();
+                // With no GRANT waiting, the journal holds removals only (every grant leaves a
+                // reply in `gated`): the store thread writes them.
+                if gated.is_empty() && self.core.has_pending_journal() {
+                    if let Err(ops) = remover.send(self.core.drain_journal()) {
+                        self.core.commit_failed(&ops); // back into the journal, for the end
+                    }
                 }
                 self.reload_if_changed();
             }
         }
-        if self.core.has_pending_journal() {
-            self.commit(&mut out, &mut gated);
+        remover.finish();
+        if self.core.has_pending_journal() || !gated.is_empty() {
+            self.commit(&mut out, &mut gated, true);
             batch::send(&self.socket, &mut send_bufs, &out);
         }
         Ok(())
@@ -286,13 +359,21 @@ impl Worker {
 
     /// Commits the journal, then releases the replies that waited for it into `out`
     /// (proto-spec.md §7). If the store refuses, the grants are undone, their replies dropped,
-    /// and new seats are denied until the store takes writes again.
-    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
+    /// and new seats are denied until the store takes writes again. Unless `wait`, a store
+    /// busy with the store thread's removals leaves everything as it is, for a later try: the
+    /// IO thread goes on with heartbeats meanwhile.
+    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>, wait: bool) {
+        let store = match self.store.try_lock() {
+            Ok(s) => Some(s),
+            Err(std::sync::TryLockError::WouldBlock) if !wait => return,
+            Err(std::sync::TryLockError::WouldBlock) => self.store.lock().ok(),
+            Err(std::sync::TryLockError::Poisoned(_)) => None,
+        };
         let ops = self.core.drain_journal();
-        let result = if ops.is_empty() {
-            Ok(())
-        } else {
-            self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops))
+        let result = match store {
+            _ if ops.is_empty() => Ok(()),
+            Some(mut s) => s.apply(&ops),
+            None => Err(StoreError::Poisoned),
         };
         match result {
             Ok(()) => {
@@ -314,7 +395,10 @@ impl Worker {
 
     /// After a failed commit: is the disk taking writes again?
     fn probe_store(&self) {
-        let ok = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.probe()).is_ok();
+        // Busy with the store thread: it is taking writes, or will say so itself.
+        let Ok(mut s) = self.store.try_lock() else { return };
+        let ok = s.probe().is_ok();
+        drop(s);
         if ok {
             tracing::info!("the store takes writes again; granting new seats");
             self.core.set_store_available(true);
@@ -335,7 +419,9 @@ impl Worker {
     /// True if licenses were reloaded.
     fn reload_if_changed(&self) -> bool {
         let seen = self.data_version.load(Ordering::Relaxed);
-        let fresh = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|s| {
+        // Busy with the store thread's removals: look again at the next tick, do not wait.
+        let Ok(s) = self.store.try_lock() else { return false };
+        let fresh = Ok::<_, StoreError>(s).and_then(|s| {
             let v = s.data_version()?;
             if v == seen {
                 return Ok(None);
