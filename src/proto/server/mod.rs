@@ -37,7 +37,7 @@ pub use expiry::SLOT as SWEEP_PERIOD;
 
 /// Leases one [`ServerCore::handle_timeout`] call looks at, so that a mass expiry cannot hold
 /// up the datagrams queued behind it for long.
-pub const EXPIRY_BUDGET: usize = 10_000;
+pub const EXPIRY_BUDGET: usize = 1_000;
 
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
 pub const MIN_SOURCE_PORT: u16 = 1024;
