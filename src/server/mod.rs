@@ -191,9 +191,6 @@ struct Worker {
     last_unknown_reload: Mutex<Instant>,
 }
 
-/// The store thread's nice value (the IO thread keeps the process's, normally 0).
-const STORE_NICE: i32 = 10;
-
 /// Writes removals (releases, expiries) to the store on a thread of its own. A mass expiry
 /// journals one removal per lease at once; 100,000 deletes in one SQLite transaction take about
 /// 0.6 s, which on the IO thread held every heartbeat behind them. Removals may lag the core
@@ -208,10 +205,6 @@ impl Remover {
     fn start(core: Arc<ServerCore>, store: Arc<Mutex<Store>>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<JournalOp>>();
         let thread = std::thread::Builder::new().name("lic-udp-store".into()).spawn(move || {
-            // Below the IO thread: on a busy machine a long write (a mass expiry's deletes)
-            // should take longer rather than take the CPU from heartbeats. Nice applies per
-            // thread on Linux; if it cannot be set, the thread just runs at the usual priority.
-            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), STORE_NICE);
             for ops in rx {
                 let result = store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops));
                 match result {
