@@ -1,7 +1,7 @@
 //! The server's IO layer: one UDP socket, the store, the clock and the OS RNG around
 //! [`ServerCore`]. Everything protocol-shaped lives in the core; this module only moves bytes
-//! (in batches, on one thread), commits the grant journal before gated replies leave, and
-//! reloads licenses when the store changes.
+//! (in batches, on one thread), commits the grant journal before gated replies leave, has
+//! removals written on a store thread, and reloads licenses when the store changes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -145,8 +145,10 @@ impl Server {
     /// Serves until `shutdown` resolves, then commits what is pending and returns.
     ///
     /// The datagrams are handled on one dedicated thread with blocking, batched system calls
-    /// ([`batch`]); the async side only waits for `shutdown`. Store writes happen on that thread
-    /// too, between batches, so a GRANT never leaves before its commit.
+    /// ([`batch`]); the async side only waits for `shutdown`. Grants are committed on that thread
+    /// too, between batches, so a GRANT never leaves before its commit; removals (releases,
+    /// expiries) are written by a store thread ([`Remover`]), so that a mass expiry's deletes do
+    /// not hold up heartbeats. The socket asks for [`SOCKET_BUFFER`]-sized buffers.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = self.socket.into_std().map_err(ServeError::Socket)?;
