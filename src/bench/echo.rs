@@ -30,6 +30,8 @@ pub struct EchoServer {
 impl EchoServer {
     pub fn start() -> std::io::Result<Self> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
+        // The same socket buffers as the server's, so that the two compare like for like.
+        crate::server::enlarge_buffers(&socket);
         // Wakes up now and then to see whether it should stop.
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = socket.local_addr()?;

@@ -70,11 +70,14 @@ pub struct Slot {
     sends: u8,
     /// Out of the rotation: STALE, an ACK other than OK, or released.
     done: bool,
+    /// Stops heartbeating at [`Plan::abandon_at`] (`bench --abandon`).
+    abandon: bool,
 }
 
 impl Slot {
-    pub fn leased(g: Granted) -> Self {
-        Self::new(g.lease_id, g.epoch, Some(g.keys))
+    /// `abandon`: this instance stops heartbeating at [`Plan::abandon_at`].
+    pub fn leased(g: Granted, abandon: bool) -> Self {
+        Self { abandon, ..Self::new(g.lease_id, g.epoch, Some(g.keys)) }
     }
 
     /// Echo mode: `id` only tells the datagrams apart.
@@ -83,7 +86,17 @@ impl Slot {
     }
 
     fn new(lease_id: u64, epoch: u32, keys: Option<SessionKeys>) -> Self {
-        Self { lease_id, epoch, keys, seq: 0, out_seq: 0, sent_at: Instant::now(), sends: 0, done: false }
+        Self {
+            lease_id,
+            epoch,
+            keys,
+            seq: 0,
+            out_seq: 0,
+            sent_at: Instant::now(),
+            sends: 0,
+            done: false,
+            abandon: false,
+        }
     }
 }
 
@@ -155,6 +168,8 @@ pub struct Plan {
     pub release: bool,
     /// The outstanding-heartbeat window of the release pass.
     pub release_window: usize,
+    /// From then on the instances marked `abandon` send nothing more (`bench --abandon`).
+    pub abandon_at: Option<Instant>,
     pub live: Arc<Live>,
     /// Each worker reports here once its heartbeat phase has drained...
     pub drained: Mutex<mpsc::Sender<()>>,
@@ -224,6 +239,7 @@ struct State {
     hist: Histogram<u64>,
     live: Arc<Live>,
     published: (u64, u64),
+    abandon_at: Option<Instant>,
 }
 
 struct Worker {
@@ -250,12 +266,14 @@ impl Worker {
                 hist: new_histogram(),
                 live,
                 published: (0, 0),
+                abandon_at: None,
             },
         }
     }
 
     fn heartbeats(&mut self, plan: &Plan, pace: Pace) {
         let drain_until = plan.end + plan.timeout;
+        self.st.abandon_at = plan.abandon_at;
         loop {
             let now = Instant::now();
             let sending = now < plan.end;
@@ -338,6 +356,10 @@ impl Worker {
                 },
             };
             let Some(slot) = st.slots.get_mut(i as usize) else { continue };
+            if slot.abandon && st.abandon_at.is_some_and(|t| now >= t) {
+                // Gone silent, as if crashed: its lease expires on the server.
+                slot.done = true;
+            }
             if slot.done {
                 continue;
             }

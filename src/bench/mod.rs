@@ -94,6 +94,14 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Give the leases back at the end.
     pub release: bool,
+    /// With [`Target::Spawn`]: the spawned server's lease TTL (`serve --lease-ttl`; its
+    /// heartbeat interval becomes a quarter of it). `None`: the license type's (60 s).
+    pub lease_ttl: Option<Duration>,
+    /// Instances that stop heartbeating [`BenchConfig::abandon_after`] into the heartbeat phase
+    /// (as if they had crashed), so that their leases all expire on the server within about one
+    /// heartbeat round of each other while the other instances go on: a mass expiry under load.
+    pub abandon: u32,
+    pub abandon_after: Duration,
 }
 
 impl BenchConfig {
@@ -112,6 +120,9 @@ impl BenchConfig {
             allow_remote: false,
             progress: false,
             release: true,
+            lease_ttl: None,
+            abandon: 0,
+            abandon_after: Duration::from_secs(1),
         }
     }
 
@@ -139,6 +150,22 @@ impl BenchConfig {
         }
         if !(1..=1024).contains(&self.handshake_concurrency) {
             return bad("--handshake-concurrency must be between 1 and 1024".into());
+        }
+        if self.abandon >= self.clients {
+            return bad("--abandon must be smaller than --clients: some instances must go on".into());
+        }
+        if self.abandon > 0 && (self.echo || self.abandon_after >= self.duration) {
+            return bad(
+                "--abandon needs the protocol (not --echo) and --abandon-after below --duration".into()
+            );
+        }
+        if let Some(ttl) = self.lease_ttl {
+            if !matches!(self.target, Target::Spawn) || self.echo {
+                return bad("--lease-ttl applies to the server that --spawn starts".into());
+            }
+            if ttl < Duration::from_secs(1) {
+                return bad("--lease-ttl must be at least 1s".into());
+            }
         }
         if let Target::Remote { addr, serials } = &self.target {
             if !self.allow_remote && !addr.ip().is_loopback() {
@@ -242,7 +269,7 @@ fn run_echo(cfg: &BenchConfig, pb: &ProgressBar) -> Result<BenchReport, BenchErr
 fn run_protocol(cfg: &BenchConfig, pb: &ProgressBar) -> Result<BenchReport, BenchError> {
     pb.set_message("starting");
     let spawned = match &cfg.target {
-        Target::Spawn => Some(spawn::SpawnedServer::start(cfg.clients)?),
+        Target::Spawn => Some(spawn::SpawnedServer::start(cfg.clients, cfg.lease_ttl)?),
         Target::Remote { .. } => None,
     };
     let (addr, serials) = match (&spawned, &cfg.target) {
@@ -252,6 +279,9 @@ fn run_protocol(cfg: &BenchConfig, pb: &ProgressBar) -> Result<BenchReport, Benc
     };
     let mut report = base_report(cfg, "heartbeat", addr);
     report.licenses = serials.len() as u64;
+    report.lease_ttl_s = cfg.lease_ttl.map(|d| d.as_secs_f64());
+    report.abandoned = (cfg.abandon > 0).then_some(u64::from(cfg.abandon));
+    report.abandon_after_s = (cfg.abandon > 0).then_some(cfg.abandon_after.as_secs_f64());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,7 +334,8 @@ fn run_protocol(cfg: &BenchConfig, pb: &ProgressBar) -> Result<BenchReport, Benc
     report.handshake_latency_us = Latency::of(&hs.latency);
 
     if !hs.granted.is_empty() {
-        let slots = hs.granted.into_iter().map(Slot::leased).collect();
+        let abandon = cfg.abandon as usize;
+        let slots = hs.granted.into_iter().enumerate().map(|(i, g)| Slot::leased(g, i < abandon)).collect();
         let server = spawned.as_ref().map(|s| Measured { count: Box::new(|| s.heartbeats()) });
         let hb = heartbeat_phase(cfg, addr, slots, Mode::Protocol, server, pb)?;
         hb.fill(&mut report);
@@ -450,6 +481,7 @@ fn heartbeat_phase(
         end: start + cfg.duration,
         release: cfg.release,
         release_window: cfg.window as usize,
+        abandon_at: (cfg.abandon > 0).then(|| start + cfg.abandon_after),
         live: live.clone(),
         drained: Mutex::new(drained_tx),
         resume: resume.clone(),

@@ -74,6 +74,9 @@ impl Latency {
 ///   per million `heartbeats`.
 /// - `cpu_method`: how the CPU time was read (`null` if it could not be).
 /// - `server_stats`: the spawned license server's own counters at the end (`null` otherwise).
+/// - `lease_ttl_s`: `--lease-ttl` of the spawned server (`null`: the license type's).
+///   `abandoned`, `abandon_after_s`: `--abandon N` instances stopped heartbeating that long
+///   into the heartbeat phase, leaving their leases to expire (`null` without `--abandon`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BenchReport {
     pub mode: String,
@@ -117,6 +120,9 @@ pub struct BenchReport {
     pub generator_cpu_s_per_million: Option<f64>,
     pub cpu_method: Option<String>,
     pub server_stats: Option<StatsSnapshot>,
+    pub lease_ttl_s: Option<f64>,
+    pub abandoned: Option<u64>,
+    pub abandon_after_s: Option<f64>,
 }
 
 impl BenchReport {
@@ -204,6 +210,20 @@ impl fmt::Display for BenchReport {
             )?;
             let took = self.release_s.map_or_else(String::new, |s| format!(" in {s:.3} s"));
             row(f, "released at the end", format!("{}{took}", self.released))?;
+            if let (Some(n), Some(after)) = (self.abandoned, self.abandon_after_s) {
+                let expired = self
+                    .server_stats
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!("; the server expired {} leases", s.expiries));
+                row(
+                    f,
+                    "abandoned (--abandon)",
+                    format!("{n} instances went silent after {after:.1} s{expired}"),
+                )?;
+            }
+            if let Some(ttl) = self.lease_ttl_s {
+                row(f, "lease TTL (--lease-ttl)", format!("{ttl:.1} s"))?;
+            }
         } else {
             row(f, "unexpected", self.unexpected.to_string())?;
         }

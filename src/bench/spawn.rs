@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::proto::keys::Serial;
 use crate::proto::server::ServerCore;
@@ -82,7 +82,9 @@ pub fn license_plan(clients: u32) -> (u32, u16) {
 
 impl SpawnedServer {
     /// Creates the data dir, a user and licenses for `clients` instances, and starts serving.
-    pub fn start(clients: u32) -> Result<Self, BenchError> {
+    /// `lease_ttl` overrides every license's TTL (`serve --lease-ttl`), with a heartbeat
+    /// interval of a quarter of it.
+    pub fn start(clients: u32, lease_ttl: Option<Duration>) -> Result<Self, BenchError> {
         let dir = TempDir::create()?;
         let site = dir.path().join(crate::config::FILE_NAME);
         std::fs::write(&site, SITE_FILE)
@@ -118,7 +120,12 @@ impl SpawnedServer {
                     let started = async {
                         let socket =
                             tokio::net::UdpSocket::bind("127.0.0.1:0").await.map_err(ServeError::Socket)?;
-                        Server::new(socket, store, ServeOptions::default())
+                        let opts = ServeOptions {
+                            ttl_override: lease_ttl,
+                            heartbeat_override: lease_ttl.map(|t| t / 4),
+                            ..ServeOptions::default()
+                        };
+                        Server::new(socket, store, opts)
                     };
                     let server = match started.await {
                         Ok((server, info)) => {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cookie;
 pub mod keys;
 pub mod mac;
+pub mod ratelimit;
 pub mod replay;
 pub mod server;
 pub mod throttle;

@@ -1,7 +1,7 @@
 //! The server's IO layer: one UDP socket, the store, the clock and the OS RNG around
 //! [`ServerCore`]. Everything protocol-shaped lives in the core; this module only moves bytes
-//! (in batches, on one thread), commits the grant journal before gated replies leave, and
-//! reloads licenses when the store changes.
+//! (in batches, on one thread), commits the grant journal before gated replies leave, has
+//! removals written on a store thread, and reloads licenses when the store changes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use rand::RngCore;
 use tokio::net::UdpSocket;
 
 use crate::metrics::Histogram;
-use crate::proto::server::{Reply, ServerConfig, ServerCore};
+use crate::proto::server::{DenyEvent, JournalOp, Reply, ServerConfig, ServerCore};
 use crate::proto::wire::{MsgType, MAX_DATAGRAM};
 use crate::store::{Store, StoreError};
 
@@ -21,6 +21,7 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_PORT: u16 = 7301;
 
 mod batch;
+pub use batch::{enlarge_buffers, BufferSizes, SOCKET_BUFFER};
 
 /// How long the IO thread blocks at most before it looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -154,12 +155,16 @@ impl Server {
     /// Serves until `shutdown` resolves, then commits what is pending and returns.
     ///
     /// The datagrams are handled on one dedicated thread with blocking, batched system calls
-    /// ([`batch`]); the async side only waits for `shutdown`. Store writes happen on that thread
-    /// too, between batches, so a GRANT never leaves before its commit.
+    /// ([`batch`]); the async side only waits for `shutdown`. Grants are committed on that thread
+    /// too, between batches, so a GRANT never leaves before its commit; removals (releases,
+    /// expiries) are written by a store thread ([`Remover`]), so that a mass expiry's deletes do
+    /// not hold up heartbeats. The socket asks for [`SOCKET_BUFFER`]-sized buffers.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let socket = self.socket.into_std().map_err(ServeError::Socket)?;
         socket.set_nonblocking(false).map_err(ServeError::Socket)?;
+        let sizes = batch::enlarge_buffers(&socket);
+        tracing::debug!("socket buffers: {} bytes receive, {} bytes send", sizes.recv, sizes.send);
         let worker = Worker {
             socket,
             core: self.core,
@@ -188,7 +193,7 @@ impl Server {
     }
 }
 
-type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
+use batch::Out;
 
 /// The IO thread's state.
 struct Worker {
@@ -200,39 +205,156 @@ struct Worker {
     last_unknown_reload: Mutex<Instant>,
 }
 
+/// Writes removals (releases, expiries) to the store on a thread of its own. A mass expiry
+/// journals one removal per lease at once; 100,000 deletes in one SQLite transaction take about
+/// 0.6 s, which on the IO thread held every heartbeat behind them. Removals may lag the core
+/// (proto-spec.md §7), so they need not be written between two batches; grants still are,
+/// on the IO thread, before their GRANTs leave.
+struct Remover {
+    tx: Option<std::sync::mpsc::Sender<StoreWork>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the store thread writes: removals, and denials for the audit log (batched once a
+/// second, so their fsync never holds up the IO thread either).
+enum StoreWork {
+    Removals(Vec<JournalOp>),
+    Denials(Vec<DenyEvent>),
+}
+
+impl Remover {
+    fn start(core: Arc<ServerCore>, store: Arc<Mutex<Store>>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<StoreWork>();
+        let thread = std::thread::Builder::new().name("lic-udp-store".into()).spawn(move || {
+            for work in rx {
+                let ops = match work {
+                    StoreWork::Removals(ops) => ops,
+                    StoreWork::Denials(d) => {
+                        let r = store
+                            .lock()
+                            .map_err(|_| StoreError::Poisoned)
+                            .and_then(|mut s| s.record_denials(&d));
+                        if let Err(e) = r {
+                            tracing::warn!("cannot write {} denials to the audit log: {e}", d.len());
+                        }
+                        continue;
+                    }
+                };
+                let result = store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops));
+                match result {
+                    Ok(()) => core.committed(&ops),
+                    Err(e) => {
+                        if core.store_available() {
+                            tracing::error!(
+                                "cannot record releases and expiries, denying new seats until the store \
+                                 takes writes again: {e}"
+                            );
+                        }
+                        // The removals go back into the journal for the next commit.
+                        core.commit_failed(&ops);
+                        core.set_store_available(false);
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Hands `ops` to the store thread; false if it has gone (then the caller writes them).
+    fn send(&self, ops: Vec<JournalOp>) -> Result<(), Vec<JournalOp>> {
+        match &self.tx {
+            Some(tx) => tx.send(StoreWork::Removals(ops)).map_err(|e| match e.0 {
+                StoreWork::Removals(ops) => ops,
+                StoreWork::Denials(_) => Vec::new(),
+            }),
+            None => Err(ops),
+        }
+    }
+
+    /// Hands denials to the store thread; gives them back if it has gone.
+    fn send_denials(&self, d: Vec<DenyEvent>) -> Result<(), Vec<DenyEvent>> {
+        if d.is_empty() {
+            return Ok(());
+        }
+        match &self.tx {
+            Some(tx) => tx.send(StoreWork::Denials(d)).map_err(|e| match e.0 {
+                StoreWork::Denials(d) => d,
+                StoreWork::Removals(_) => Vec::new(),
+            }),
+            None => Err(d),
+        }
+    }
+
+    /// Waits until everything handed over has been written.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Worker {
     fn run(self, stop: &AtomicBool) -> Result<(), ServeError> {
+        let mut remover =
+            Remover::start(self.core.clone(), self.store.clone()).map_err(ServeError::Socket)?;
         let mut bufs = batch::RecvBufs::new();
+        let mut send_bufs = batch::SendBufs::new();
         let mut out: Vec<Out> = Vec::with_capacity(batch::BATCH);
         let mut gated: Vec<Out> = Vec::new();
         let mut next_timeout = self.core.poll_timeout(Instant::now());
         let mut next_housekeeping = Instant::now() + TICK;
         let mut next_audit = Instant::now() + AUDIT_FLUSH;
+        let mut now = Instant::now();
+        let mut read_timeout = Duration::ZERO;
         while !stop.load(Ordering::Relaxed) {
-            // Wake for the core's next deadline, and at least every 50 ms to see `stop`.
-            let wait = next_timeout
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(1), STOP_POLL);
-            self.socket.set_read_timeout(Some(wait)).map_err(ServeError::Socket)?;
+            // Wake for the core's next deadline, and at least every 50 ms to see `stop`. The
+            // read timeout is a system call to change, so it moves in coarse steps only
+            // (batch::timeout_step); a busy server makes one system call per batch received
+            // and one per batch sent.
+            let mut want = next_timeout.min(next_housekeeping).saturating_duration_since(now);
+            if !gated.is_empty() {
+                // Grants wait for the store, which the store thread holds: look again soon.
+                want = Duration::ZERO;
+            }
+            let step = batch::timeout_step(want, STOP_POLL);
+            if step != read_timeout {
+                self.socket.set_read_timeout(Some(step)).map_err(ServeError::Socket)?;
+                read_timeout = step;
+            }
             match batch::recv(&self.socket, &mut bufs) {
+                Ok(0) => {}
                 Ok(n) => {
+                    // One clock reading per batch: the datagrams of a batch arrived together.
+                    now = Instant::now();
+                    let unix = unix_now();
                     for i in 0..n {
                         let (_, src, truncated) = bufs.got[i];
                         let datagram = if truncated { &[][..] } else { bufs.datagram(i) };
-                        self.on_datagram(datagram, src, &mut out, &mut gated);
+                        self.on_datagram(now, unix, datagram, src, &mut out, &mut gated);
                     }
                     if !gated.is_empty() {
-                        self.commit(&mut out, &mut gated);
+                        self.commit(&mut out, &mut gated, false);
                     }
-                    batch::send(&self.socket, &out);
+                    batch::send(&self.socket, &mut send_bufs, &out);
                     out.clear();
                 }
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 // ICMP errors for earlier sends surface here; they say nothing about this socket.
                 Err(e) => tracing::debug!("recv error: {e}"),
             }
-            let now = Instant::now();
+            if !gated.is_empty() {
+                // An earlier try found the store busy.
+                self.commit(&mut out, &mut gated, false);
+                batch::send(&self.socket, &mut send_bufs, &out);
+                out.clear();
+            }
+            now = Instant::now();
             if now >= next_timeout {
                 self.core.handle_timeout(now);
                 next_timeout = self.core.poll_timeout(now);
@@ -244,38 +366,55 @@ impl Worker {
                 if !self.core.store_available() {
                     self.probe_store();
                 }
-                if self.core.has_pending_journal() {
-                    self.commit(&mut out, &mut gated);
-                    batch::send(&self.socket, &out);
-                    out.clear();
+                // With no GRANT waiting, the journal holds removals only (every grant leaves a
+                // reply in `gated`): the store thread writes them.
+                if gated.is_empty() && self.core.has_pending_journal() {
+                    if let Err(ops) = remover.send(self.core.drain_journal()) {
+                        self.core.commit_failed(&ops); // back into the journal, for the end
+                    }
                 }
                 self.reload_if_changed();
                 if now >= next_audit {
                     next_audit = now + AUDIT_FLUSH;
-                    self.flush_denials();
+                    if let Err(d) = remover.send_denials(self.core.drain_denials()) {
+                        self.flush_denials_here(d);
+                    }
                 }
             }
         }
-        self.flush_denials();
-        if self.core.has_pending_journal() {
-            self.commit(&mut out, &mut gated);
-            batch::send(&self.socket, &out);
+        if let Err(d) = remover.send_denials(self.core.drain_denials()) {
+            self.flush_denials_here(d);
+        }
+        remover.finish();
+        self.flush_denials_here(self.core.drain_denials());
+        if self.core.has_pending_journal() || !gated.is_empty() {
+            self.commit(&mut out, &mut gated, true);
+            batch::send(&self.socket, &mut send_bufs, &out);
         }
         Ok(())
     }
 
-    fn on_datagram(&self, datagram: &[u8], src: SocketAddr, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
+    fn on_datagram(
+        &self,
+        now: Instant,
+        unix: u64,
+        datagram: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<Out>,
+        gated: &mut Vec<Out>,
+    ) {
         let mut reply = [0u8; MAX_DATAGRAM];
-        let t0 = Instant::now();
-        let mut r = self.core.handle(t0, unix_now(), src, datagram, &mut reply);
-        if datagram.get(3) == Some(&(MsgType::Heartbeat as u8)) {
+        // Only heartbeats are timed, for /metrics: two clock reads, no lock, no allocation.
+        let t0 = (datagram.get(3) == Some(&(MsgType::Heartbeat as u8))).then(Instant::now);
+        let mut r = self.core.handle(now, unix, src, datagram, &mut reply);
+        if let Some(t0) = t0 {
             self.heartbeat_time.observe(t0.elapsed());
         }
         if matches!(r, Reply::Send(_)) && reply[3] == MsgType::Unknown as u8 && self.may_reload_for_unknown()
         {
             // Perhaps issued a moment ago by `lic-udp issue`: look again before saying no.
             if self.reload_if_changed() {
-                r = self.core.handle(Instant::now(), unix_now(), src, datagram, &mut reply);
+                r = self.core.handle(Instant::now(), unix, src, datagram, &mut reply);
             }
         }
         match r {
@@ -287,13 +426,21 @@ impl Worker {
 
     /// Commits the journal, then releases the replies that waited for it into `out`
     /// (proto-spec.md §7). If the store refuses, the grants are undone, their replies dropped,
-    /// and new seats are denied until the store takes writes again.
-    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>) {
+    /// and new seats are denied until the store takes writes again. Unless `wait`, a store
+    /// busy with the store thread's removals leaves everything as it is, for a later try: the
+    /// IO thread goes on with heartbeats meanwhile.
+    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>, wait: bool) {
+        let store = match self.store.try_lock() {
+            Ok(s) => Some(s),
+            Err(std::sync::TryLockError::WouldBlock) if !wait => return,
+            Err(std::sync::TryLockError::WouldBlock) => self.store.lock().ok(),
+            Err(std::sync::TryLockError::Poisoned(_)) => None,
+        };
         let ops = self.core.drain_journal();
-        let result = if ops.is_empty() {
-            Ok(())
-        } else {
-            self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(&ops))
+        let result = match store {
+            _ if ops.is_empty() => Ok(()),
+            Some(mut s) => s.apply(&ops),
+            None => Err(StoreError::Poisoned),
         };
         match result {
             Ok(()) => {
@@ -313,10 +460,9 @@ impl Worker {
         }
     }
 
-    /// Writes the denials queued since the last flush to the audit log. A failure loses them
-    /// (they changed nothing) and is logged; seats are unaffected.
-    fn flush_denials(&self) {
-        let denials = self.core.drain_denials();
+    /// Writes denials to the audit log on this thread: only at shutdown, or if the store
+    /// thread is gone. A failure loses them (they changed nothing) and is logged.
+    fn flush_denials_here(&self, denials: Vec<DenyEvent>) {
         if denials.is_empty() {
             return;
         }
@@ -329,7 +475,10 @@ impl Worker {
 
     /// After a failed commit: is the disk taking writes again?
     fn probe_store(&self) {
-        let ok = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.probe()).is_ok();
+        // Busy with the store thread: it is taking writes, or will say so itself.
+        let Ok(mut s) = self.store.try_lock() else { return };
+        let ok = s.probe().is_ok();
+        drop(s);
         if ok {
             tracing::info!("the store takes writes again; granting new seats");
             self.core.set_store_available(true);
@@ -350,7 +499,9 @@ impl Worker {
     /// True if licenses were reloaded.
     fn reload_if_changed(&self) -> bool {
         let seen = self.data_version.load(Ordering::Relaxed);
-        let fresh = self.store.lock().map_err(|_| StoreError::Poisoned).and_then(|s| {
+        // Busy with the store thread's removals: look again at the next tick, do not wait.
+        let Ok(s) = self.store.try_lock() else { return false };
+        let fresh = Ok::<_, StoreError>(s).and_then(|s| {
             let v = s.data_version()?;
             if v == seen {
                 return Ok(None);

@@ -100,6 +100,18 @@ pub struct BenchOpt {
     /// Keep the leases at the end instead of releasing them.
     #[arg(long)]
     no_release: bool,
+    /// With --spawn: the server's lease TTL (its heartbeat interval becomes a quarter of it).
+    /// Default: the license type's, 60s.
+    #[arg(long, value_parser = duration)]
+    lease_ttl: Option<Duration>,
+    /// This many instances stop heartbeating --abandon-after into the run, as if they had
+    /// crashed: their leases all expire at about the same time while the others go on (a mass
+    /// expiry under load; pair it with a short --lease-ttl).
+    #[arg(long, default_value_t = 0)]
+    abandon: u32,
+    /// When the --abandon instances go silent, counted from the start of the heartbeats.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    abandon_after: Duration,
 }
 
 impl From<BenchError> for Failure {
@@ -145,6 +157,9 @@ pub fn bench(o: BenchOpt) -> Result<i32, Failure> {
     cfg.allow_remote = o.allow_remote;
     cfg.progress = !o.json;
     cfg.release = !o.no_release;
+    cfg.lease_ttl = o.lease_ttl;
+    cfg.abandon = o.abandon;
+    cfg.abandon_after = o.abandon_after;
     let report = bench::run(&cfg)?;
     if o.json {
         println!("{}", report.to_json());

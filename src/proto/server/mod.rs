@@ -25,6 +25,7 @@ pub use types::*;
 
 use super::cookie::{CookieJar, LIFETIME_S};
 use super::keys::{derive_session_keys, MacKey, SessionKeys};
+use super::ratelimit::ReplyLimiter;
 use super::replay::ReplayWindow;
 use super::throttle::Throttle;
 use super::wire::{
@@ -36,7 +37,7 @@ pub use expiry::SLOT as SWEEP_PERIOD;
 
 /// Leases one [`ServerCore::handle_timeout`] call looks at, so that a mass expiry cannot hold
 /// up the datagrams queued behind it for long.
-pub const EXPIRY_BUDGET: usize = 10_000;
+pub const EXPIRY_BUDGET: usize = 1_000;
 
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
 pub const MIN_SOURCE_PORT: u16 = 1024;
@@ -108,6 +109,9 @@ pub struct ServerCore {
     /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
     store_ok: AtomicBool,
     throttle: Throttle,
+    /// Replies to unauthenticated datagrams (CHALLENGE, STALE, UNKNOWN) per source address
+    /// (proto-spec.md §4, "Reply limit").
+    replies: ReplyLimiter,
     expiry: ExpiryWheel,
     stats: Stats,
 }
@@ -141,6 +145,7 @@ impl ServerCore {
     ) -> Self {
         let mut rng = StdRng::from_seed(rng_seed);
         let jar = CookieJar::new(rng.gen(), 0);
+        let replies = ReplyLimiter::new(now, rng.gen());
         let cfg_grace = cfg.recovery_grace;
         let core = Self {
             cfg,
@@ -155,6 +160,7 @@ impl ServerCore {
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
             throttle: Throttle::default(),
+            replies,
             expiry: ExpiryWheel::new(now),
             stats: Stats::default(),
         };
@@ -410,7 +416,7 @@ impl ServerCore {
         match frame.msg {
             Message::Hello(h) => self.on_hello(now, src, &h.client_nonce, out),
             Message::Proof(p) => self.on_proof(now, unix, src, &p, frame.signed, frame.tag, out),
-            Message::Heartbeat(hb) => self.on_heartbeat(now, unix, &hb, frame.signed, frame.tag, out),
+            Message::Heartbeat(hb) => self.on_heartbeat(now, unix, src, &hb, frame.signed, frame.tag, out),
             _ => {
                 bump(&self.stats.dropped_direction);
                 Reply::None
@@ -418,7 +424,20 @@ impl ServerCore {
         }
     }
 
+    /// May an unauthenticated reply go to `src`? Counts the ones that may not.
+    fn reply_allowed(&self, src: &SocketAddr, now: Instant) -> bool {
+        let ok = self.replies.allow(src, now);
+        if !ok {
+            bump(&self.stats.dropped_reply_limit);
+        }
+        ok
+    }
+
     fn on_hello(&self, now: Instant, src: SocketAddr, nonce: &[u8; 16], out: &mut [u8]) -> Reply {
+        // Before the cookie MAC: a flood of HELLOs costs a lookup per datagram, not a MAC.
+        if !self.reply_allowed(&src, now) {
+            return Reply::None;
+        }
         self.rotate_cookies(now);
         let now_s = self.now_s(now);
         let Ok(jar) = self.cookies.read() else {
@@ -471,6 +490,9 @@ impl ServerCore {
         let Some(mut lic) = self.licenses.get_mut(&p.license_id) else {
             bump(&self.stats.unknown_license);
             self.throttle.failed(src.ip(), now);
+            if !self.reply_allowed(&src, now) {
+                return Reply::None;
+            }
             let msg = Message::Unknown(Unknown { client_nonce: p.client_nonce });
             return wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send);
         };
@@ -669,30 +691,35 @@ impl ServerCore {
         wire::encode_unsigned(&msg, out).and_then(|n| keys.s2c.seal(out, n)).map_or(Reply::None, Reply::Send)
     }
 
-    fn stale(&self, lease_id: u64, out: &mut [u8]) -> Reply {
+    fn stale(&self, now: Instant, src: &SocketAddr, lease_id: u64, out: &mut [u8]) -> Reply {
+        if !self.reply_allowed(src, now) {
+            return Reply::None;
+        }
         bump(&self.stats.stale);
         let msg = Message::Stale(Stale { lease_id, epoch: self.cfg.epoch });
         wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send)
     }
 
+    #[allow(clippy::too_many_arguments)] // one datagram's parts, as on_proof
     fn on_heartbeat(
         &self,
         now: Instant,
         unix: u64,
+        src: SocketAddr,
         hb: &Heartbeat,
         signed: &[u8],
         tag: &[u8],
         out: &mut [u8],
     ) -> Reply {
         if hb.epoch != self.cfg.epoch {
-            return self.stale(hb.lease_id, out);
+            return self.stale(now, &src, hb.lease_id, out);
         }
         let Some(mut guard) = self.leases.get_mut(&hb.lease_id) else {
-            return self.stale(hb.lease_id, out);
+            return self.stale(now, &src, hb.lease_id, out);
         };
         let lease = &mut *guard;
         let Some(session) = lease.session.as_mut() else {
-            return self.stale(hb.lease_id, out);
+            return self.stale(now, &src, hb.lease_id, out);
         };
         if !session.window.check(hb.seq) {
             // Cheap before the MAC: a seq we already took cannot become acceptable.

@@ -145,6 +145,9 @@ counters! {
     dropped_throttled,
     /// Heartbeat seq already seen or too old, or PROOF older than the current session.
     dropped_replay,
+    /// A CHALLENGE, STALE or UNKNOWN not sent: its source address had used up its allowance
+    /// (proto-spec.md §4, "Reply limit").
+    dropped_reply_limit,
     challenges,
     unknown_license,
     grants,
