@@ -365,9 +365,22 @@ fn sign_in_sets_a_strict_cookie_checks_csrf_and_throttles() {
         let csrf = field(&html, "csrf").to_owned();
         (cookie.split(';').next().expect("pair").to_owned(), csrf)
     };
-    // Pages need a session.
-    let r = agent().get(&format!("{}/monitor", d.url)).call().expect("monitor");
-    assert_eq!((r.status(), r.header("location")), (303, Some("/login")));
+    // Pages need a session: reads and posts alike go to sign-in, and change nothing.
+    for path in ["/", "/monitor", "/issue"] {
+        let r = agent().get(&format!("{}{path}", d.url)).call().expect("page");
+        assert_eq!((r.status(), r.header("location")), (303, Some("/login")), "GET {path}");
+    }
+    let r = agent().get(&format!("{}/monitor/table", d.url)).call();
+    assert!(
+        matches!(r, Err(ureq::Error::Status(401, _))),
+        "the table fragment says 401 so the page script can redirect"
+    );
+    for path in ["/issue", "/licenses/1/revoke", "/leases/00000000000000aa/release"] {
+        let r = form_post(&d, path, "", &[("type", "team"), ("csrf", "x")]);
+        assert_eq!((r.status(), r.header("location")), (303, Some("/login")), "POST {path}");
+    }
+    let (_, st) = api(&d, "GET", "/api/status", Some(&d.local_token), None);
+    assert_eq!(st["licenses"].as_array().expect("licenses").len(), 0);
 
     // No CSRF token, a wrong one: refused before the password is looked at.
     let (cookie, csrf) = get_login();
