@@ -140,6 +140,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("cause=\"cookie\"", st.dropped_cookie),
             ("cause=\"bad_mac\"", st.dropped_mac),
             ("cause=\"throttled\"", st.dropped_throttled),
+            ("cause=\"throttled_license\"", st.dropped_throttled_license),
             ("cause=\"replay\"", st.dropped_replay),
             ("cause=\"stale\"", st.stale),
         ],

@@ -954,6 +954,85 @@ fn guessing_is_throttled_while_real_clients_keep_and_get_seats() {
     });
 }
 
+/// Many addresses, each within its own budget, guessing against one license whose
+/// `license_id` they sniffed: the license's budget (30 failed PROOFs, then one per 2 s) bounds
+/// the guesses evaluated in total, while addresses that proved the key before (the holders'
+/// machine) keep their seats and take free ones.
+#[test]
+fn distributed_guessing_against_one_license_is_bounded_by_its_budget() {
+    run(async {
+        let srv = TestServer::start(3, fast_timers(Duration::from_secs(5), Duration::from_millis(500))).await;
+        let not_held = Arc::new(AtomicUsize::new(0));
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let s = srv.client(srv.addr).acquire(&srv.serial).await.expect("holder");
+            watch_seat(&s, not_held.clone());
+            holders.push(s);
+        }
+        let before = srv.stats();
+        let (addr, license_id) = (srv.addr, srv.keys.keys.license_id);
+        const ADDRESSES: u8 = 40;
+        const EACH: usize = 12;
+        let attacker = tokio::task::spawn_blocking(move || {
+            let mut rng = StdRng::seed_from_u64(0xd157);
+            let start = Instant::now();
+            let mut sent = 0u64;
+            let mut replies = 0u64;
+            for a in 1..=ADDRESSES {
+                let sock =
+                    StdUdpSocket::bind(("127.0.1.".to_owned() + &a.to_string(), 0)).expect("bind 127.0.1.x");
+                let (nonce, cookie) = fetch_cookie(&sock, addr, &mut rng);
+                for _ in 0..EACH {
+                    if sock.send_to(&forged_proof(license_id, nonce, cookie, &mut rng), addr).is_ok() {
+                        sent += 1;
+                    }
+                }
+                while recv_from_server(&sock, addr, Duration::from_millis(20)).is_some() {
+                    replies += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, replies, start.elapsed(), Instant::now())
+        });
+        // Wait until the license's budget is spent, so the newcomer below competes with it.
+        let spent = Instant::now();
+        while srv.stats().dropped_throttled_license == before.dropped_throttled_license {
+            assert!(spent.elapsed() < Duration::from_secs(5), "the license's budget was never spent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let newcomer = srv
+            .client(srv.addr)
+            .with_acquire_timeout(Duration::from_secs(6))
+            .acquire(&srv.serial)
+            .await
+            .expect("a client on a known address gets the free seat during the attack");
+        let acquired = Instant::now();
+        watch_seat(&newcomer, not_held.clone());
+        let (sent, replies, elapsed, attack_end) = attacker.await.expect("attacker");
+        assert!(acquired < attack_end, "the newcomer got its seat only after the attack");
+        let after = srv.stats();
+        let evaluated = after.dropped_mac - before.dropped_mac;
+        let refused = after.dropped_throttled_license - before.dropped_throttled_license;
+        let bound = 30 + elapsed.as_secs() / 2 + 2;
+        println!(
+            "distributed guessing: {sent} forged PROOFs from {ADDRESSES} addresses in {elapsed:.1?}; {evaluated} \
+             evaluated (bound {bound}), {refused} refused by the license's budget, {replies} replies"
+        );
+        assert_eq!(sent, u64::from(ADDRESSES) * EACH as u64);
+        assert_eq!(replies, 0, "a forged PROOF is never answered");
+        assert!(evaluated <= bound, "{evaluated} guesses evaluated in {elapsed:?}");
+        assert!(evaluated >= 30, "the burst was not evaluated ({evaluated}): did the attack arrive?");
+        assert!(refused >= sent - evaluated - u64::from(ADDRESSES) * 2, "{refused} refused of {sent}");
+        assert_eq!(not_held.load(Ordering::SeqCst), 0, "a real client lost its seat during the attack");
+        assert_eq!(srv.seats(), 3);
+        for s in holders {
+            s.release().await;
+        }
+        newcomer.release().await;
+        srv.stop().await;
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. A garbage flood does not starve heartbeats.
 // ---------------------------------------------------------------------------------------------

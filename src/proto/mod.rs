@@ -8,6 +8,7 @@
 pub mod client;
 pub mod cookie;
 pub mod keys;
+pub mod license_guard;
 pub mod mac;
 pub mod ratelimit;
 pub mod replay;

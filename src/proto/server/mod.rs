@@ -25,6 +25,7 @@ pub use types::*;
 
 use super::cookie::{CookieJar, LIFETIME_S};
 use super::keys::{derive_session_keys, MacKey, SessionKeys};
+use super::license_guard::LicenseGuard;
 use super::ratelimit::ReplyLimiter;
 use super::replay::ReplayWindow;
 use super::throttle::Throttle;
@@ -59,6 +60,8 @@ struct LicenseState {
     /// many leases at once stays linear. Entries left a second too long are harmless: their
     /// cookies no longer pass the cookie check anyway.
     pruned_at_s: u32,
+    /// Failed PROOFs against this license from all addresses (§4 "Throttling").
+    guard: LicenseGuard,
 }
 
 /// Forgets retired sessions whose cookies can no longer verify (at most once a second).
@@ -192,6 +195,9 @@ impl ServerCore {
         let ttl = self.ttl(&lic.rec);
         let lease_id = r.lease_id;
         lic.holders.insert(r.instance_id, r.lease_id);
+        // A holder from before the restart proved the key then: keep it out of the license's
+        // guessing budget.
+        lic.guard.succeeded(r.addr.ip(), 0);
         let ended = lic.rec.revoked.then_some(AckStatus::Revoked);
         self.leases.insert(
             lease_id,
@@ -310,6 +316,7 @@ impl ServerCore {
                 holders: HashMap::new(),
                 retired: HashMap::new(),
                 pruned_at_s: 0,
+                guard: LicenseGuard::default(),
             });
             let ended = if rec.revoked { Some(AckStatus::Revoked) } else { None };
             for lease_id in entry.holders.values() {
@@ -496,12 +503,20 @@ impl ServerCore {
             let msg = Message::Unknown(Unknown { client_nonce: p.client_nonce });
             return wire::encode_unsigned(&msg, out).map_or(Reply::None, Reply::Send);
         };
+        // The license's own guessing budget: once many addresses together have failed against
+        // it, only addresses that proved its key before are evaluated, until it refills.
+        if !lic.guard.allows(src.ip(), now_s) {
+            bump(&self.stats.dropped_throttled_license);
+            return Reply::None;
+        }
         // Step 4.
         if !lic.proof_key.verify(signed, tag) {
             self.throttle.failed(src.ip(), now);
+            lic.guard.failed(now_s);
             bump(&self.stats.dropped_mac);
             return Reply::None;
         }
+        lic.guard.succeeded(src.ip(), now_s);
         // A replay of the PROOF of a session whose lease has ended (released or expired) while
         // its cookie still lives: step 5 would have dropped it had the lease still been there.
         if !lic.retired.is_empty() && !lic.holders.contains_key(&p.instance_id) {

@@ -143,6 +143,9 @@ counters! {
     dropped_mac,
     /// A PROOF from an address that failed too many (proto-spec.md §4, "Throttling").
     dropped_throttled,
+    /// A PROOF for a license that failed too many from all addresses together, from an address
+    /// that never proved its key (proto-spec.md §4, "Throttling").
+    dropped_throttled_license,
     /// Heartbeat seq already seen or too old, or PROOF older than the current session.
     dropped_replay,
     /// A CHALLENGE, STALE or UNKNOWN not sent: its source address had used up its allowance
