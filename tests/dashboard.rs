@@ -500,3 +500,50 @@ fn metrics_are_valid_prometheus_text_with_live_figures() {
     let _ = run.kill();
     let _ = run.wait();
 }
+
+#[test]
+fn logs_are_json_lines_on_request_and_never_show_a_serial() {
+    use std::io::BufRead;
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = dir.path().to_str().expect("utf8");
+    let mut cmd = lic(&["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", d]);
+    cmd.env("LIC_UDP_LOG_FORMAT", "json").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn serve");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("serving on udp://")) {
+        seen.push(lines.next().expect("a log line").expect("utf8"));
+    }
+    let ep: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("http-endpoint.json")).expect("endpoint"))
+            .expect("json");
+    let alice = token(dir.path(), "alice");
+    let issued: Value = agent()
+        .post(&format!("{}/api/licenses", ep["url"].as_str().expect("url")))
+        .set("Authorization", &format!("Bearer {alice}"))
+        .send_json(json!({"type": "team"}))
+        .expect("issue")
+        .into_json()
+        .expect("json");
+    let serial = issued["serial"].as_str().expect("serial").to_owned();
+    loop {
+        let l = lines.next().expect("a log line").expect("utf8");
+        let done = l.contains("license issued");
+        seen.push(l);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for l in &seen {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{l}");
+        assert!(!l.contains(&serial), "a log line shows the serial: {l}");
+        assert!(!l.contains(&alice), "a log line shows a token: {l}");
+    }
+    let issued_line: Value = serde_json::from_str(seen.last().expect("line")).expect("json");
+    assert_eq!(issued_line["fields"]["user"], "alice");
+    assert_eq!(issued_line["fields"]["license"], 1);
+}

@@ -97,7 +97,7 @@ pub(super) async fn issue_for(
             Ok((id, serial, ty.name, req.seats.unwrap_or(ty.seats)))
         })
         .await?;
-    tracing::info!("license {id} issued by {} ({ty}, {seats} seats)", p.user);
+    tracing::info!(license = id, user = %p.user, license_type = %ty, seats, "license issued");
     Ok(Issued { id, serial: serial.as_str().to_owned(), license_type: ty, seats })
 }
 
@@ -130,7 +130,7 @@ pub(super) async fn revoke_for(state: &Arc<super::Dashboard>, p: &Principal, id:
             }
         })
         .await?;
-    tracing::info!("license {id} revoked by {}", p.user);
+    tracing::info!(license = id, user = %p.user, "license revoked");
     Ok(())
 }
 
@@ -185,7 +185,7 @@ pub(super) async fn release_for(
         }
     }
     let r = state.core.force_release(now, lease, &p.user).ok_or_else(missing)?;
-    tracing::info!("lease {lease:016x} of license {} force-released by {}", r.license, p.user);
+    tracing::info!(lease = %format_args!("{lease:016x}"), license = r.license, holder = %r.addr, user = %p.user, "seat force-released");
     Ok(Released {
         lease: format!("{lease:016x}"),
         license: r.license,

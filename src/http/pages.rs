@@ -154,7 +154,7 @@ pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginF
     match checked {
         Ok(admin) => {
             let id = state.sessions.start(&f.user, admin);
-            tracing::info!("{} signed in to the dashboard", f.user);
+            tracing::info!(user = %f.user, "dashboard sign-in");
             (
                 StatusCode::SEE_OTHER,
                 [(header::SET_COOKIE, auth::session_cookie(&id)), (header::LOCATION, "/monitor".to_owned())],
@@ -162,7 +162,7 @@ pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginF
                 .into_response()
         }
         Err(Error::Unauthenticated) => {
-            tracing::warn!("failed dashboard sign-in for `{}`", f.user);
+            tracing::warn!(user = %f.user, "failed dashboard sign-in");
             login_page(Some("Wrong user name or password."), StatusCode::UNAUTHORIZED)
         }
         Err(e) => login_page(Some(&e.message()), e.status()),
