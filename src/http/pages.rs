@@ -147,7 +147,7 @@ pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginF
     let user = f.user.clone();
     let checked = state
         .store(move |s| {
-            s.check_user(&user, &f.password)?;
+            s.check_web_user(&user, &f.password)?;
             s.is_admin(&user)
         })
         .await;

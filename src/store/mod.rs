@@ -690,7 +690,23 @@ impl Store {
     /// Distinguishes an unknown user from a wrong password; the CLI runs locally, next to the
     /// data dir, so there is nobody to hide the user list from.
     pub fn check_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
-        self.login_gate(name)?;
+        self.check_user_counted(name, password, name)
+    }
+
+    /// [`check_user`](Self::check_user) for the dashboard's sign-in: its failures are counted
+    /// apart from the CLI's, so someone failing web sign-ins cannot lock the admin out of
+    /// `lic-udp issue` on the server host.
+    pub fn check_web_user(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        self.check_user_counted(name, password, &format!("web:{name}"))
+    }
+
+    fn check_user_counted(&self, name: &str, password: &str, counter: &str) -> Result<(), StoreError> {
+        self.login_gate(counter).map_err(|e| match e {
+            StoreError::LoginThrottled { retry_after_s, .. } => {
+                StoreError::LoginThrottled { name: name.to_owned(), retry_after_s }
+            }
+            e => e,
+        })?;
         let phc: String = self
             .conn
             .query_row("SELECT phc FROM users WHERE name = ?1", [name], |r| r.get(0))
@@ -701,9 +717,9 @@ impl Store {
             |e: password_hash::Error| corrupt(&self.db, format!("user `{name}`: password hash: {e}"));
         let hash = PasswordHash::new(&phc).map_err(bad_hash)?;
         match Argon2::default().verify_password(password.as_bytes(), &hash) {
-            Ok(()) => self.login_result(name, true),
+            Ok(()) => self.login_result(counter, true),
             Err(password_hash::Error::Password) => {
-                self.login_result(name, false)?;
+                self.login_result(counter, false)?;
                 Err(StoreError::WrongPassword { name: name.to_owned() })
             }
             Err(e) => Err(bad_hash(e)),

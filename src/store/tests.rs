@@ -604,3 +604,27 @@ fn api_tokens_are_stored_hashed_and_name_their_account() {
     assert_eq!(s.revoke_tokens("alice").expect("revoke"), 1);
     assert_eq!(s.token_user(&t).expect("lookup"), None);
 }
+
+#[test]
+fn web_sign_in_failures_do_not_lock_the_cli_out() {
+    let d = test_dir();
+    let mut s = open(&d);
+    add(&mut s, "alice", "pw", true).expect("user");
+    for _ in 0..login::FREE_FAILURES {
+        assert!(matches!(s.check_web_user("alice", "wrong"), Err(StoreError::WrongPassword { .. })));
+    }
+    // The web counter is spent: even the right password must wait there...
+    match s.check_web_user("alice", "pw") {
+        Err(StoreError::LoginThrottled { name, retry_after_s }) => {
+            assert_eq!(name, "alice", "the message names the account, not the counter");
+            assert!(retry_after_s >= 1);
+        }
+        other => panic!("expected the web sign-in to be throttled, got {other:?}"),
+    }
+    // ...while the CLI's own counter is untouched.
+    s.check_user("alice", "pw").expect("the CLI login still works");
+    for _ in 0..login::FREE_FAILURES {
+        assert!(s.check_user("alice", "wrong").is_err());
+    }
+    assert!(matches!(s.check_user("alice", "pw"), Err(StoreError::LoginThrottled { .. })));
+}
