@@ -360,3 +360,24 @@ fn a_timeout_below_one_second_is_a_usage_error() {
     assert_eq!(code(&o), 64);
     assert!(text(&o.stderr).contains("at least 1s"));
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = dir.path().to_str().expect("utf8");
+    let mut first = ServerProc::start(dir.path(), &[]);
+    // Two servers would each count the seats on their own and grant the same seat twice.
+    let o = output(lic(&["serve", "--listen", "127.0.0.1:0", "--data-dir", d]));
+    assert_eq!(code(&o), 74, "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("another `lic-udp serve`") && err.contains(&format!("pid {}", first.child.id())),
+        "{err}"
+    );
+    // Once the first is gone (even killed), the data dir serves again.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    let mut again = ServerProc::start(dir.path(), &[]);
+    assert!(again.stop().success());
+}

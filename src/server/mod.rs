@@ -58,6 +58,8 @@ pub enum ServeError {
 
 /// A server bound to its socket, with its store loaded, not yet serving.
 pub struct Server {
+    /// Held until `run` returns: one server per data dir.
+    lock: crate::store::ServeLock,
     socket: UdpSocket,
     core: Arc<ServerCore>,
     heartbeat_time: Arc<Histogram>,
@@ -97,6 +99,8 @@ impl Server {
         mut store: Store,
         opts: ServeOptions,
     ) -> Result<(Self, StartInfo), ServeError> {
+        // Before anything is read: another server's seats are not ours to restore or grant.
+        let lock = store.lock_for_serving()?;
         let licenses = store.licenses()?;
         let (restored, damaged) = match store.leases() {
             Ok(l) => (l, 0),
@@ -131,6 +135,7 @@ impl Server {
         let records = licenses.iter().map(|l| l.record()).collect();
         let core = ServerCore::new(cfg, records, restored, Instant::now(), seed);
         let server = Self {
+            lock,
             socket,
             core: Arc::new(core),
             heartbeat_time: Arc::default(),
@@ -160,6 +165,7 @@ impl Server {
     /// expiries) are written by a store thread ([`Remover`]), so that a mass expiry's deletes do
     /// not hold up heartbeats. The socket asks for [`SOCKET_BUFFER`]-sized buffers.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let _lock = self.lock;
         let stop = Arc::new(AtomicBool::new(false));
         let socket = self.socket.into_std().map_err(ServeError::Socket)?;
         socket.set_nonblocking(false).map_err(ServeError::Socket)?;

@@ -10,12 +10,14 @@
 //! keys of every license, and losing it means reissuing all of them.
 
 mod audit;
+mod lock;
 mod login;
 mod recovery;
 mod schema;
 mod tokens;
 
 pub use audit::{deny_reason_name, AuditEntry, AuditQuery};
+pub use lock::{ServeLock, LOCK_FILE};
 pub use tokens::TOKEN_PREFIX;
 
 use std::fs;
@@ -115,7 +117,9 @@ pub enum StoreError {
     PasswordHash { message: String },
 
     // --- Licenses and the lease journal.
-    #[error("there is no license {id}; the list of licenses shows the valid ids")]
+    #[error(
+        "there is no license {id} (or it is another account's); `lic-udp status` lists the ones you can see"
+    )]
     NoSuchLicense { id: i64 },
     #[error(
         "license {id} does not belong to user `{user}`; only its owner or an admin account can revoke it"
@@ -133,6 +137,8 @@ pub enum StoreError {
         "no unused license id found after {ISSUE_ATTEMPTS} attempts; retry, and report this if it persists"
     )]
     NoFreeLicenseId,
+    #[error("another `lic-udp serve`{} is serving {}: two servers on one data dir would hand out the same seats twice. Stop it first, or give this one its own --data-dir", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display())]
+    InUse { dir: PathBuf, pid: Option<u32> },
     #[error("the boot epoch has reached its maximum (u32::MAX); clients cannot tell further restarts apart, so this data dir cannot serve again")]
     EpochExhausted,
 }
