@@ -109,9 +109,35 @@ fn every_api_route_refuses_without_credentials() {
             assert!(v["error"].as_str().is_some_and(|e| e.contains("token")), "{v}");
         }
     }
-    // Unknown routes are 404 with a pointer to the docs, not a panic or an empty body.
+    // Unknown routes are 404 with a pointer to the docs, not a panic or an empty body; a wrong
+    // method is 405, and a body that is not the JSON asked for is 400: always {"error": ...}.
     let (status, v) = api(&d, "GET", "/api/nope", Some(&d.local_token), None);
     assert_eq!(status, 404, "{v}");
+    let (status, v) = api(&d, "DELETE", "/api/licenses", Some(&d.local_token), None);
+    assert_eq!(status, 405, "{v}");
+    assert!(v["error"].is_string(), "{v}");
+    add_user(dir.path(), "bob");
+    let bob = token(dir.path(), "bob");
+    for (ctype, body) in [
+        ("application/json", "garbage"),
+        ("application/json", r#"{"seats": -1}"#),
+        ("text/plain", r#"{"type": "team"}"#),
+    ] {
+        let r = agent()
+            .post(&format!("{}/api/licenses", d.url))
+            .set("Authorization", &format!("Bearer {bob}"))
+            .set("Content-Type", ctype)
+            .send_string(body);
+        let Err(ureq::Error::Status(status, r)) = r else { panic!("{body} was accepted") };
+        let v: Value = r.into_json().expect("a JSON error");
+        assert_eq!(status, 400, "{ctype} {body}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("JSON object")), "{v}");
+    }
+    for lease in ["59e1187e", "0000000000000000", "00000000000000zz"] {
+        let (status, v) =
+            api(&d, "POST", &format!("/api/leases/{lease}/release"), Some(&bob), Some(json!({})));
+        assert_eq!(status, 400, "{lease}: {v}");
+    }
     // And no licenses were made by any of it.
     let (_, st) = api(&d, "GET", "/api/status", Some(&d.local_token), None);
     assert_eq!(st["licenses"].as_array().expect("licenses").len(), 0);

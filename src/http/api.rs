@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
@@ -21,6 +22,10 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
     headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+pub(super) async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
 }
 
 pub(super) async fn not_found() -> Error {
@@ -104,10 +109,17 @@ pub(super) async fn issue_for(
 pub(super) async fn issue(
     state: State,
     headers: HeaderMap,
-    Json(req): Json<IssueRequest>,
+    body: Result<Json<IssueRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, Error> {
     let p = principal(&state, &headers).await?;
     p.check_csrf(csrf_header(&headers))?;
+    // axum's own rejections are plain text with 415/422; the API answers JSON and 400.
+    let Json(req) = body.map_err(|r| {
+        Error::BadRequest(format!(
+            "{}; send a JSON object like {{\"type\": \"team\", \"seats\": 3}} with Content-Type: application/json",
+            r.body_text()
+        ))
+    })?;
     if p.user == super::LOCAL_ACTOR {
         return Err(Error::Forbidden(
             "the local token cannot own licenses; use `lic-udp issue`, or a token of an account".into(),
@@ -145,11 +157,19 @@ pub(super) async fn revoke(
     Ok(Json(serde_json::json!({ "revoked": id })))
 }
 
-/// Parses a lease id as `status` prints it (16 hex digits).
-pub(super) fn lease_id(text: &str) -> Result<u64, Error> {
-    u64::from_str_radix(text, 16).ok().filter(|&v| v != 0 && text.len() <= 16).ok_or_else(|| {
-        Error::BadRequest(format!("`{text}` is not a lease id; use the 16 hex digits `status` shows"))
-    })
+/// Parses a lease id as `status` prints it: exactly 16 hex digits, never all zero (the
+/// protocol never issues lease 0). A shorter id is refused rather than zero-padded: it is more
+/// likely a truncated copy than a real lease.
+pub fn lease_id(text: &str) -> Result<u64, Error> {
+    let bad = || {
+        Error::BadRequest(format!(
+            "`{text}` is not a lease id; copy the 16 hex digits `lic-udp status` shows after \"lease\""
+        ))
+    };
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    u64::from_str_radix(text, 16).ok().filter(|&v| v != 0).ok_or_else(bad)
 }
 
 #[derive(Serialize)]

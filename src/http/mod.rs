@@ -6,7 +6,7 @@
 //! waits for it. It has its own connection to the store, and SQLite work (including Argon2
 //! for sign-in and issue) runs on blocking threads.
 
-mod api;
+pub mod api;
 mod auth;
 mod pages;
 
@@ -113,6 +113,7 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/leases/{lease}/release", post(api::release))
         .route("/api/log", get(api::log))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }
 
@@ -180,6 +181,7 @@ pub enum Error {
     BadRequest(String),
     Conflict(String),
     TooManyRequests(String),
+    MethodNotAllowed,
     Internal(String),
 }
 
@@ -192,6 +194,7 @@ impl Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +203,9 @@ impl Error {
         match self {
             Self::Unauthenticated => {
                 "sign in, or send `Authorization: Bearer TOKEN` (tokens come from `lic-udp token add`)".into()
+            }
+            Self::MethodNotAllowed => {
+                "this route does not take that method; see README.md, \"JSON API\"".into()
             }
             Self::Forbidden(m)
             | Self::NotFound(m)

@@ -189,6 +189,15 @@ pub(super) async fn logout(state: State, headers: HeaderMap, Form(f): Form<CsrfF
         .into_response()
 }
 
+/// "30 days", or humantime's form for validities that are not whole days.
+fn days(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s / 86_400 {
+        n if s % 86_400 == 0 && n > 0 => format!("{n} day{}", if n == 1 { "" } else { "s" }),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 fn ago(rfc: &str, now: u64) -> String {
     let Some(t) = api::parse_time(rfc).ok() else { return esc(rfc) };
     format!("{} s ago", now.saturating_sub(t))
@@ -307,11 +316,12 @@ pub(super) async fn issue_form(state: State, headers: HeaderMap, Query(q): Query
     for t in &types {
         let _ = write!(
             options,
-            "<option value=\"{n}\"{sel}>{n} ({s} seats{v})</option>",
+            "<option value=\"{n}\"{sel}>{n} ({s} seat{plural}{v})</option>",
             n = esc(&t.name),
             s = t.seats,
+            plural = if t.seats == 1 { "" } else { "s" },
             sel = if t.name == "team" { " selected" } else { "" },
-            v = t.validity.map(|v| format!(", valid {}", humantime::format_duration(v))).unwrap_or_default(),
+            v = t.validity.map(|v| format!(", valid {}", days(v))).unwrap_or_default(),
         );
     }
     let err = q.error.map(|e| format!("<p class=\"error\">{}</p>", esc(&e))).unwrap_or_default();
@@ -352,7 +362,7 @@ pub(super) async fn issue(state: State, headers: HeaderMap, Form(f): Form<IssueF
     match api::issue_for(&state, &p, IssueRequest { license_type: f.license_type, seats }).await {
         Ok(i) => {
             let body = format!(
-                "<h1>License {id} issued</h1><p>{ty}, {seats} seats, owned by {owner}.</p>\
+                "<h1>License {id} issued</h1><p>{ty}, {seats} seat{plural}, owned by {owner}.</p>\
                  <p>The serial, shown <strong>only this once</strong> (the server keeps only keys derived from it):</p>\
                  <p><span class=\"serial\" id=\"serial\">{serial}</span> \
                  <button id=\"copy\" onclick=\"navigator.clipboard.writeText(document.getElementById('serial').textContent)\
@@ -362,6 +372,7 @@ pub(super) async fn issue(state: State, headers: HeaderMap, Form(f): Form<IssueF
                 id = i.id,
                 ty = esc(&i.license_type),
                 seats = i.seats,
+                plural = if i.seats == 1 { "" } else { "s" },
                 owner = esc(&p.user),
                 serial = esc(&i.serial),
             );

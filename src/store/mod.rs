@@ -358,7 +358,29 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir).map_err(io_err(dir))
+    b.create(dir).map_err(io_err(dir))?;
+    tighten(dir)
+}
+
+/// A data dir the admin made by hand (to put a lic-udp.toml in it first, say) has the umask's
+/// mode, often 0755; it holds keys equivalent to every serial, so make it 0700 and say so.
+#[cfg(unix)]
+fn tighten(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir).map_err(io_err(dir))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        tracing::warn!(
+            "data dir {} was mode {mode:o}; set it to 700: it holds every license's keys",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Creates the db file ourselves so it is 0600 from its first byte; SQLite would use the umask,

@@ -628,3 +628,13 @@ fn web_sign_in_failures_do_not_lock_the_cli_out() {
     }
     assert!(matches!(s.check_user("alice", "pw"), Err(StoreError::LoginThrottled { .. })));
 }
+
+#[test]
+fn a_hand_made_data_dir_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = test_dir();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    drop(open(&d));
+    let mode = fs::metadata(d.path()).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

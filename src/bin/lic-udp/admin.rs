@@ -106,7 +106,7 @@ pub struct RevokeOpt {
     license: i64,
     /// The license's owner, or an admin account (its password is asked for). Not needed
     /// with --token.
-    #[arg(long, required_unless_present = "token")]
+    #[arg(long)]
     user: Option<String>,
     #[command(flatten)]
     api: crate::remote::ApiOpt,
@@ -226,10 +226,11 @@ pub fn serve(o: ServeOpt) -> Result<i32, Failure> {
             dashboard = Some(tokio::spawn(lic_udp::http::serve(listener, state, stopped(stop_rx.clone()))));
         }
         tracing::info!(
-            "lic-udp serving on udp://{} (store {}, {} licenses, {} leases restored, epoch {})",
+            "lic-udp serving on udp://{} (store {}, {} license{}, {} leases restored, epoch {})",
             info.addr,
             std::fs::canonicalize(&info.data_dir).unwrap_or(info.data_dir.clone()).display(),
             info.licenses,
+            if info.licenses == 1 { "" } else { "s" },
             info.restored_leases,
             info.epoch
         );
@@ -335,7 +336,10 @@ pub fn revoke(o: RevokeOpt) -> Result<i32, Failure> {
             })?;
             crate::remote::post(&ep, &format!("/api/licenses/{}/revoke", o.license), serde_json::json!({}))?;
         }
-        (None, None) => return Err(Failure::usage("give --user (and its password) or --token")),
+        (None, None) => return Err(Failure::usage(
+            "say who revokes: --user NAME (the owner or an admin; its password is asked for), or --token T \
+                 (or $LIC_UDP_TOKEN) to go through the running server's API",
+        )),
     }
     eprintln!("license {} revoked; its holders lose their seats at their next heartbeat", o.license);
     Ok(0)

@@ -77,7 +77,11 @@ fn call(
                 .unwrap_or_else(|| format!("HTTP {status}"));
             Err(ApiError::Refused { status, message })
         }
-        Err(e) => Err(ApiError::Unreachable(format!("no lic-udp dashboard answered at {}: {e}", ep.url))),
+        Err(e) => Err(ApiError::Unreachable(format!(
+            "no lic-udp dashboard answered at {} ({e}); is `lic-udp serve --http` running? (a server that was killed \
+             leaves its address behind in the data dir)",
+            ep.url
+        ))),
     }
 }
 

@@ -127,12 +127,7 @@ fn render_status(st: &Status) -> String {
 }
 
 pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
-    if o.lease.len() > 16 || u64::from_str_radix(&o.lease, 16).map_or(true, |v| v == 0) {
-        return Err(Failure::usage(format!(
-            "`{}` is not a lease id; use the 16 hex digits `lic-udp status` shows after \"lease\"",
-            o.lease
-        )));
-    }
+    lic_udp::http::api::lease_id(&o.lease).map_err(|e| Failure::usage(e.message()))?;
     let ep = remote::endpoint(&o.api, &o.data_dir).ok_or_else(|| {
         Failure::new(
             UNREACHABLE,
