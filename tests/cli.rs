@@ -134,6 +134,19 @@ fn run_holds_the_seat_and_passes_the_exit_status_through() {
     // A program that cannot start: 127, and the seat is not kept.
     let o = output(lic(&["run", "--serial", &serial, "--server", &s, "--", "/nonexistent/program"]));
     assert_eq!(code(&o), 127);
+    // It is checked before any seat is asked for: with no server at all, still 127 (not 3, and
+    // at once rather than after the retransmit schedule); a file that cannot run is 126.
+    let nowhere = "127.0.0.1:9";
+    let t = std::time::Instant::now();
+    let o = output(lic(&["run", "--serial", &serial, "--server", nowhere, "--", "no-such-program-lic-udp"]));
+    assert_eq!(code(&o), 127, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("not found"), "{}", text(&o.stderr));
+    let plain = dir.path().join("not-executable.sh");
+    std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+    let o =
+        output(lic(&["run", "--serial", &serial, "--server", nowhere, "--", plain.to_str().expect("utf8")]));
+    assert_eq!(code(&o), 126, "{}", text(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(5), "no seat was waited for");
 }
 
 #[test]

@@ -206,6 +206,9 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
     let Some((program, args)) = o.command.split_first() else {
         return Err(Failure::usage("no PROGRAM given: lic-udp run --serial SERIAL -- PROGRAM [ARGS...]"));
     };
+    // Before taking a seat: a typo in PROGRAM should not cost anyone a seat, nor leave a
+    // grant and a release in the audit log.
+    preflight(program)?;
     runtime()?.block_on(async {
         let seat = acquire_noisy(&client, &serial).await?;
         let mut child = match tokio::process::Command::new(program).args(args).spawn() {
@@ -220,6 +223,41 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
         seat.release().await;
         Ok(status.map(exit_code).unwrap_or(IO))
     })
+}
+
+/// Finds PROGRAM as `execvp` would (a path if it has a `/`, else each `$PATH` entry) and checks
+/// that it is an executable file: 127 if it is not there, 126 if it cannot be run. The spawn
+/// still reports anything this misses.
+fn preflight(program: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        match runnable(std::path::Path::new(program)) {
+            Ok(true) => return Ok(()),
+            Ok(false) => Some(program.to_owned()),
+            Err(_) => None,
+        }
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut seen = None;
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(program);
+            match runnable(&candidate) {
+                Ok(true) => return Ok(()),
+                Ok(false) => seen = seen.or(Some(candidate.display().to_string())),
+                Err(_) => {}
+            }
+        }
+        seen
+    };
+    match found {
+        Some(p) => Err(Failure::new(126, format!("cannot start {program}: {p} is not an executable file"))),
+        None => {
+            Err(Failure::new(127, format!("cannot start {program}: not found (check the name and $PATH)")))
+        }
+    }
 }
 
 /// Waits for the child while forwarding SIGINT/SIGTERM to it and reporting seat changes.
