@@ -1232,3 +1232,23 @@ fn force_released_holder_does_not_take_a_seat_a_newcomer_got_first() {
     assert!(sim.client(a).count(|e| *e == Event::Lost) >= 1, "the released holder reports the loss");
     assert!(sim.stats().denied_full >= 1, "and was refused while the seat was taken");
 }
+
+#[test]
+fn the_monitor_shows_one_second_for_one_heartbeat() {
+    let mut sim = single(23, 1);
+    let c = sim.add_client(SERIAL);
+    sim.run_for(secs(20));
+    let lease = sim.client(c).core.lease_id().expect("granted");
+    let last = last_accepted_heartbeat(&sim, c);
+    // Wall clock 1,700,000,000.730 s at `last`; read the view at many instants before the next
+    // heartbeat: the second shown must not flip (it did when whole seconds were subtracted).
+    let base_ms = 1_700_000_000_730u64;
+    let mut shown = HashSet::new();
+    for k in 0..40u64 {
+        let dt = ms(k * 97);
+        let view = sim.server().lease_views(last + dt, base_ms + k * 97);
+        let v = view.iter().find(|v| v.lease.lease_id == lease).expect("live");
+        shown.insert(v.last_heartbeat_unix);
+    }
+    assert_eq!(shown.into_iter().collect::<Vec<_>>(), vec![1_700_000_000]);
+}

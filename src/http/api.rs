@@ -58,9 +58,9 @@ pub(super) async fn whoami(state: State, headers: HeaderMap) -> Result<Json<WhoA
 pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> Result<Status, Error> {
     let licenses = state.store(|s| s.licenses()).await?;
     let licenses = licenses.into_iter().filter(|l| p.may_see(&l.owner)).collect();
-    let (now, unix) = state.now();
-    let views = state.core.lease_views(now, unix);
-    Ok(status::build(licenses, Some(&views), &[], unix))
+    let (now, unix_ms) = state.now();
+    let views = state.core.lease_views(now, unix_ms);
+    Ok(status::build(licenses, Some(&views), &[], unix_ms / 1000))
 }
 
 pub(super) async fn status(state: State, headers: HeaderMap) -> Result<Json<Status>, Error> {
@@ -187,10 +187,10 @@ pub(super) async fn release_for(
 ) -> Result<Released, Error> {
     let missing =
         || Error::NotFound(format!("no live lease {lease:016x}; it may have been released or expired"));
-    let (now, unix) = state.now();
+    let (now, unix_ms) = state.now();
     let view = state
         .core
-        .lease_views(now, unix)
+        .lease_views(now, unix_ms)
         .into_iter()
         .find(|v| v.lease.lease_id == lease)
         .ok_or_else(missing)?;

@@ -89,8 +89,12 @@ impl Dashboard {
         .map_err(Error::from)
     }
 
+    /// The monotonic and the wall clock, read together; the wall clock in milliseconds.
     fn now(&self) -> (Instant, u64) {
-        (Instant::now(), unix_now())
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        (Instant::now(), ms)
     }
 }
 

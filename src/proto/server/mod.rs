@@ -790,18 +790,20 @@ impl ServerCore {
         self.leases.iter().map(|l| l.record.clone()).collect()
     }
 
-    /// Every live lease with its last heartbeat, for the admin's monitor. `unix` is the wall
-    /// clock at `now`. Walks the whole table: for the dashboard's refresh, not the hot path.
-    pub fn lease_views(&self, now: Instant, unix: u64) -> Vec<LeaseView> {
+    /// Every live lease with its last heartbeat, for the admin's monitor. `unix_ms` is the wall
+    /// clock at `now`, in milliseconds, so that the second shown for a heartbeat does not flip
+    /// between two values from one refresh to the next. Walks the whole table: for the
+    /// dashboard's refresh, not the hot path.
+    pub fn lease_views(&self, now: Instant, unix_ms: u64) -> Vec<LeaseView> {
         self.leases
             .iter()
             .map(|l| {
                 // A renewal sets `expires` to one TTL after the heartbeat.
                 let last = l.expires.checked_sub(l.ttl).unwrap_or(now);
-                let ago = now.saturating_duration_since(last).as_secs();
+                let ago = u64::try_from(now.saturating_duration_since(last).as_millis()).unwrap_or(u64::MAX);
                 LeaseView {
                     lease: l.record.clone(),
-                    last_heartbeat_unix: unix.saturating_sub(ago),
+                    last_heartbeat_unix: unix_ms.saturating_sub(ago) / 1000,
                     expires_in_ms: u64::try_from(l.expires.saturating_duration_since(now).as_millis())
                         .unwrap_or(u64::MAX),
                 }
