@@ -69,3 +69,9 @@ pub mod store;
 
 pub use client::{AcquireError, CachedKeys, Client, GrantInfo, Seat, SeatStatus};
 pub use proto::keys::Serial;
+
+/// Wall-clock seconds since 1970, for license validity, `since` times and the audit log. The
+/// protocol core never calls it; its drivers (server, store, dashboard) pass the value in.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -63,24 +63,27 @@ fn holder(l: &RestoredLease, live: Option<&LeaseView>) -> Holder {
     }
 }
 
-/// Builds the status of `licenses` (already filtered to what the viewer may see). `live` is
-/// the server's lease table; without it, `recorded` (the store's journal) is shown.
-pub fn build(
-    licenses: Vec<LicenseRow>,
-    live: Option<&[LeaseView]>,
-    recorded: &[RestoredLease],
-    now_unix: u64,
-) -> Status {
+/// Where the holders come from.
+pub enum Holders<'a> {
+    /// The running server's lease table.
+    Live(&'a [LeaseView]),
+    /// The store's grant journal, as last recorded.
+    Recorded(&'a [RestoredLease]),
+}
+
+/// Builds the status of `licenses` (already filtered to what the viewer may see).
+pub fn build(licenses: Vec<LicenseRow>, holders: Holders<'_>, now_unix: u64) -> Status {
+    let live = matches!(holders, Holders::Live(_));
     let mut by_license: BTreeMap<i64, Vec<Holder>> = BTreeMap::new();
-    match live {
-        Some(views) => {
+    match holders {
+        Holders::Live(views) => {
             let mut views: Vec<&LeaseView> = views.iter().collect();
             views.sort_by_key(|v| (v.lease.since_unix, v.lease.lease_id));
             for v in views {
                 by_license.entry(v.lease.license).or_default().push(holder(&v.lease, Some(v)));
             }
         }
-        None => {
+        Holders::Recorded(recorded) => {
             for l in recorded {
                 by_license.entry(l.license).or_default().push(holder(l, None));
             }
@@ -115,5 +118,5 @@ pub fn build(
             }
         })
         .collect();
-    Status { source: if live.is_some() { "live" } else { "store" }.to_owned(), licenses }
+    Status { source: if live { "live" } else { "store" }.to_owned(), licenses }
 }

@@ -10,17 +10,7 @@ use lic_udp::proto::wire::{
 };
 use proptest::prelude::*;
 
-const ALL_TYPES: [MsgType; 9] = [
-    MsgType::Hello,
-    MsgType::Proof,
-    MsgType::Heartbeat,
-    MsgType::Challenge,
-    MsgType::Grant,
-    MsgType::Deny,
-    MsgType::Ack,
-    MsgType::Stale,
-    MsgType::Unknown,
-];
+const ALL_TYPES: [MsgType; 9] = MsgType::ALL;
 
 fn arb_cookie() -> impl Strategy<Value = Cookie> {
     (any::<u32>(), any::<u8>(), any::<[u8; 16]>()).prop_map(|(ts, kid, mac)| Cookie { ts, kid, mac })

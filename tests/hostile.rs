@@ -25,17 +25,7 @@ use lic_udp::{AcquireError, Seat, SeatStatus};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
-const ALL_TYPES: [MsgType; 9] = [
-    MsgType::Hello,
-    MsgType::Proof,
-    MsgType::Heartbeat,
-    MsgType::Challenge,
-    MsgType::Grant,
-    MsgType::Deny,
-    MsgType::Ack,
-    MsgType::Stale,
-    MsgType::Unknown,
-];
+const ALL_TYPES: [MsgType; 9] = MsgType::ALL;
 const S2C_TYPES: [MsgType; 6] =
     [MsgType::Challenge, MsgType::Grant, MsgType::Deny, MsgType::Ack, MsgType::Stale, MsgType::Unknown];
 
@@ -886,22 +876,26 @@ fn guess(server: SocketAddr, dur: Duration) -> AttackReport {
     AttackReport { sent, answered, other_replies, start, end }
 }
 
+/// A 3-seat license with 2 watched holders (heartbeats every 500 ms, TTL 5 s) for the guessing
+/// tests: a holder whose heartbeats stopped being answered would report Lost well within an
+/// attack, and with four transmissions per TTL the few datagrams the kernel drops under a flood
+/// do not make the tests flaky. The counter counts every holder's departures from Held.
+async fn guessing_target() -> (TestServer, Vec<Seat>, Arc<AtomicUsize>) {
+    let srv = TestServer::start(3, fast_timers(Duration::from_secs(5), Duration::from_millis(500))).await;
+    let not_held = Arc::new(AtomicUsize::new(0));
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let s = srv.client(srv.addr).acquire(&srv.serial).await.expect("holder");
+        watch_seat(&s, not_held.clone());
+        holders.push(s);
+    }
+    (srv, holders, not_held)
+}
 #[test]
 fn guessing_is_throttled_while_real_clients_keep_and_get_seats() {
     run(async {
         const FLOOD: Duration = Duration::from_secs(10);
-        // Heartbeats every 500 ms: a holder whose heartbeats stopped being answered would report
-        // Lost 5 s later, well within the flood. (With a 5 s TTL a holder gets four transmissions
-        // per TTL, so the few datagrams the kernel drops when the flood fills the server's socket
-        // do not make this test flaky.)
-        let srv = TestServer::start(3, fast_timers(Duration::from_secs(5), Duration::from_millis(500))).await;
-        let not_held = Arc::new(AtomicUsize::new(0));
-        let mut holders = Vec::new();
-        for _ in 0..2 {
-            let s = srv.client(srv.addr).acquire(&srv.serial).await.expect("holder");
-            watch_seat(&s, not_held.clone());
-            holders.push(s);
-        }
+        let (srv, holders, not_held) = guessing_target().await;
         let before = srv.stats();
         let drops_before = kernel_drops(srv.addr);
         let addr = srv.addr;
@@ -961,14 +955,7 @@ fn guessing_is_throttled_while_real_clients_keep_and_get_seats() {
 #[test]
 fn distributed_guessing_against_one_license_is_bounded_by_its_budget() {
     run(async {
-        let srv = TestServer::start(3, fast_timers(Duration::from_secs(5), Duration::from_millis(500))).await;
-        let not_held = Arc::new(AtomicUsize::new(0));
-        let mut holders = Vec::new();
-        for _ in 0..2 {
-            let s = srv.client(srv.addr).acquire(&srv.serial).await.expect("holder");
-            watch_seat(&s, not_held.clone());
-            holders.push(s);
-        }
+        let (srv, holders, not_held) = guessing_target().await;
         let before = srv.stats();
         let (addr, license_id) = (srv.addr, srv.keys.keys.license_id);
         const ADDRESSES: u8 = 40;

@@ -53,6 +53,20 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
 }
 
+impl Outcome {
+    fn empty(capacity: usize) -> Self {
+        Self {
+            granted: Vec::with_capacity(capacity),
+            denied: 0,
+            unknown: 0,
+            timed_out: 0,
+            retransmits: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+        }
+    }
+}
+
 /// One HELLO, to learn the server's salt and KDF parameters before deriving any keys.
 pub async fn probe(target: SocketAddr, give_up: Duration) -> Result<([u8; 16], KdfParams), BenchError> {
     let socket = connect(target).await?;
@@ -131,15 +145,7 @@ pub async fn run(
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move { task(socket, &shared).await }));
     }
-    let mut out = Outcome {
-        granted: Vec::with_capacity(clients),
-        denied: 0,
-        unknown: 0,
-        timed_out: 0,
-        retransmits: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut out = Outcome::empty(clients);
     for t in tasks {
         let part = t.await.map_err(|e| BenchError::Io(format!("handshake task failed: {e}")))?;
         out.granted.extend(part.granted);
@@ -154,15 +160,7 @@ pub async fn run(
 }
 
 async fn task(socket: UdpSocket, shared: &Shared) -> Outcome {
-    let mut out = Outcome {
-        granted: Vec::new(),
-        denied: 0,
-        unknown: 0,
-        timed_out: 0,
-        retransmits: 0,
-        elapsed: Duration::ZERO,
-        latency: new_histogram(),
-    };
+    let mut out = Outcome::empty(0);
     loop {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         if i >= shared.clients {

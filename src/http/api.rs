@@ -60,7 +60,7 @@ pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> 
     let licenses = licenses.into_iter().filter(|l| p.may_see(&l.owner)).collect();
     let (now, unix_ms) = state.now();
     let views = state.core.lease_views(now, unix_ms);
-    Ok(status::build(licenses, Some(&views), &[], unix_ms / 1000))
+    Ok(status::build(licenses, status::Holders::Live(&views), unix_ms / 1000))
 }
 
 pub(super) async fn status(state: State, headers: HeaderMap) -> Result<Json<Status>, Error> {
@@ -133,13 +133,12 @@ pub(super) async fn revoke_for(state: &Arc<super::Dashboard>, p: &Principal, id:
     let (user, admin) = (p.user.clone(), p.admin);
     state
         .store(move |s| {
-            let row = s.licenses()?.into_iter().find(|l| l.id == id);
-            match row {
-                None => Err(crate::store::StoreError::NoSuchLicense { id }),
-                // Another account's license: as if it did not exist, so ids cannot be probed.
-                Some(l) if !(admin || l.owner == user) => Err(crate::store::StoreError::NoSuchLicense { id }),
-                Some(_) => s.revoke_as(id, &user, admin, crate::server::unix_now()),
-            }
+            // The store checks ownership first; another account's license then looks like no
+            // license at all, so ids cannot be probed.
+            s.revoke_as(id, &user, admin, crate::unix_now()).map_err(|e| match e {
+                crate::store::StoreError::NotOwner { .. } => crate::store::StoreError::NoSuchLicense { id },
+                e => e,
+            })
         })
         .await?;
     tracing::info!(license = id, user = %p.user, "license revoked");

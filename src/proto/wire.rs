@@ -37,6 +37,20 @@ pub enum MsgType {
 }
 
 impl MsgType {
+    /// Every type, client-to-server first (proto-spec.md §2's table order).
+    pub const ALL: [MsgType; 9] = [
+        Self::Hello,
+        Self::Proof,
+        Self::Heartbeat,
+        Self::Challenge,
+        Self::Grant,
+        Self::Deny,
+        Self::Ack,
+        Self::Stale,
+        Self::Unknown,
+    ];
+
+    /// A `match`, not a search of [`ALL`](Self::ALL): every datagram's decode starts here.
     pub fn from_byte(b: u8) -> Option<Self> {
         Some(match b {
             0x01 => Self::Hello,

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use tokio::net::UdpSocket;
@@ -87,9 +87,7 @@ pub struct StartInfo {
     pub epoch: u32,
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use crate::unix_now;
 
 impl Server {
     /// Opens the store, persists the next boot epoch and restores recorded leases, all before
@@ -266,28 +264,12 @@ impl Remover {
         Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
-    /// Hands `ops` to the store thread; false if it has gone (then the caller writes them).
-    fn send(&self, ops: Vec<JournalOp>) -> Result<(), Vec<JournalOp>> {
+    /// Hands work to the store thread, or gives it back if the thread has gone (then the
+    /// caller deals with it on its own thread).
+    fn submit(&self, work: StoreWork) -> Result<(), StoreWork> {
         match &self.tx {
-            Some(tx) => tx.send(StoreWork::Removals(ops)).map_err(|e| match e.0 {
-                StoreWork::Removals(ops) => ops,
-                StoreWork::Denials(_) => Vec::new(),
-            }),
-            None => Err(ops),
-        }
-    }
-
-    /// Hands denials to the store thread; gives them back if it has gone.
-    fn send_denials(&self, d: Vec<DenyEvent>) -> Result<(), Vec<DenyEvent>> {
-        if d.is_empty() {
-            return Ok(());
-        }
-        match &self.tx {
-            Some(tx) => tx.send(StoreWork::Denials(d)).map_err(|e| match e.0 {
-                StoreWork::Denials(d) => d,
-                StoreWork::Removals(_) => Vec::new(),
-            }),
-            None => Err(d),
+            Some(tx) => tx.send(work).map_err(|e| e.0),
+            None => Err(work),
         }
     }
 
@@ -375,21 +357,22 @@ impl Worker {
                 // With no GRANT waiting, the journal holds removals only (every grant leaves a
                 // reply in `gated`): the store thread writes them.
                 if gated.is_empty() && self.core.has_pending_journal() {
-                    if let Err(ops) = remover.send(self.core.drain_journal()) {
+                    let work = StoreWork::Removals(self.core.drain_journal());
+                    if let Err(StoreWork::Removals(ops)) = remover.submit(work) {
                         self.core.commit_failed(&ops); // back into the journal, for the end
                     }
                 }
                 self.reload_if_changed();
                 if now >= next_audit {
                     next_audit = now + AUDIT_FLUSH;
-                    if let Err(d) = remover.send_denials(self.core.drain_denials()) {
-                        self.flush_denials_here(d);
+                    let denials = self.core.drain_denials();
+                    if !denials.is_empty() {
+                        if let Err(StoreWork::Denials(d)) = remover.submit(StoreWork::Denials(denials)) {
+                            self.flush_denials_here(d);
+                        }
                     }
                 }
             }
-        }
-        if let Err(d) = remover.send_denials(self.core.drain_denials()) {
-            self.flush_denials_here(d);
         }
         remover.finish();
         self.flush_denials_here(self.core.drain_denials());

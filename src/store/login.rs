@@ -3,8 +3,6 @@
 //! count lives in the store, so it holds across CLI invocations and for the web sign-in alike,
 //! and a success resets it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rusqlite::OptionalExtension;
 
 use super::{At, Store, StoreError};
@@ -19,7 +17,7 @@ const ENSURE: &str = "CREATE TABLE IF NOT EXISTS login_failures (
 ) STRICT";
 
 fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(crate::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// How long after the last failure the next attempt is allowed.

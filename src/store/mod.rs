@@ -37,10 +37,7 @@ use crate::config::{ConfigError, LicenseType, SiteConfig};
 use crate::proto::keys::{derive_license_keys, KdfError, KdfParams, LicenseKeys, Serial};
 use crate::proto::server::{JournalOp, LicenseRecord, RestoredLease};
 
-/// Wall-clock seconds, for the times the store stamps itself (audit events, tokens).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+use crate::unix_now;
 
 use schema::{
     APP_ID, META_EPOCH, META_KDF_M, META_KDF_P, META_KDF_T, META_SALT, META_SCHEMA_VERSION, SCHEMA_VERSION,

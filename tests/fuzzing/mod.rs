@@ -566,17 +566,7 @@ impl ServerHarness {
     }
 
     fn restored_leases(&self) -> Vec<RestoredLease> {
-        let mut live: Vec<RestoredLease> = Vec::new();
-        for op in &self.store {
-            match op {
-                JournalOp::Grant(g) => {
-                    live.retain(|l| l.lease_id != g.lease_id);
-                    live.push(g.clone());
-                }
-                JournalOp::Remove { lease_id, .. } => live.retain(|l| l.lease_id != *lease_id),
-            }
-        }
-        live
+        JournalOp::replay(&self.store)
     }
 
     fn restart(&mut self, grace: bool) {

@@ -319,17 +319,7 @@ impl Sim {
 
     /// The leases the store would restore: its grants minus its removals.
     pub fn restored_leases(&self) -> Vec<RestoredLease> {
-        let mut live: Vec<RestoredLease> = Vec::new();
-        for op in &self.store {
-            match op {
-                JournalOp::Grant(g) => {
-                    live.retain(|l| l.lease_id != g.lease_id);
-                    live.push(g.clone());
-                }
-                JournalOp::Remove { lease_id, .. } => live.retain(|l| l.lease_id != *lease_id),
-            }
-        }
-        live
+        JournalOp::replay(&self.store)
     }
 
     /// Boots a server core with the next epoch and the store's leases.

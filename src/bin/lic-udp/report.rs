@@ -75,7 +75,7 @@ pub fn status(o: StatusOpt) -> Result<i32, Failure> {
         Some(s) => s,
         None => {
             let store = Store::open_existing(&o.data_dir)?;
-            status::build(store.licenses()?, None, &store.leases()?, unix_now())
+            status::build(store.licenses()?, status::Holders::Recorded(&store.leases()?), unix_now())
         }
     };
     let text = if o.json {
@@ -150,16 +150,10 @@ pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
     Ok(0)
 }
 
-/// `--since`: a time, unix seconds, or a duration before now.
+/// `--since`: what `/api/log?since=` takes (unix seconds or RFC 3339), or a duration before now.
 fn since(s: &str) -> Result<u64, Failure> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .map_err(|_| Failure::usage(format!("--since {s} is before 1970")));
+    if let Ok(t) = lic_udp::http::api::parse_time(s) {
+        return Ok(t);
     }
     humantime::parse_duration(s).map(|d| unix_now().saturating_sub(d.as_secs())).map_err(|_| {
         Failure::usage(format!(

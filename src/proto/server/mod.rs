@@ -244,7 +244,7 @@ impl ServerCore {
 
     /// Seats in use per store license id.
     pub fn seats_in_use(&self) -> HashMap<i64, usize> {
-        self.licenses.iter().map(|l| (l.rec.id, l.holders.len())).collect()
+        self.seats().into_iter().map(|(id, (used, _))| (id, used)).collect()
     }
 
     fn ttl(&self, rec: &LicenseRecord) -> Duration {

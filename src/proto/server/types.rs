@@ -53,6 +53,25 @@ pub enum JournalOp {
     Remove { lease_id: u64, why: EndReason },
 }
 
+impl JournalOp {
+    /// The leases a journal leaves recorded when applied in order (a re-grant of a lease id
+    /// replaces it): what a restart would restore. The SQLite store does this in SQL; this is
+    /// for drivers and test harnesses that keep the journal in memory.
+    pub fn replay<'a>(ops: impl IntoIterator<Item = &'a JournalOp>) -> Vec<RestoredLease> {
+        let mut live: Vec<RestoredLease> = Vec::new();
+        for op in ops {
+            match op {
+                JournalOp::Grant(g) => {
+                    live.retain(|l| l.lease_id != g.lease_id);
+                    live.push(g.clone());
+                }
+                JournalOp::Remove { lease_id, .. } => live.retain(|l| l.lease_id != *lease_id),
+            }
+        }
+        live
+    }
+}
+
 /// Why a lease ended, for the audit log (the store records each removal with its cause).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndReason {
