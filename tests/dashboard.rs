@@ -219,6 +219,17 @@ fn accounts_see_and_change_only_what_they_may() {
     assert_eq!(one.as_array().expect("entries").len(), 1);
     let (s, _) = api(&d, "GET", "/api/log?since=yesterday", Some(&alice), None);
     assert_eq!(s, 400);
+
+    // Withdrawn tokens stop working at once, on the running server; others' keep working.
+    let dd = dir.path().to_str().expect("utf8");
+    let o = run_with_stdin(
+        lic(&["token", "revoke", "--user", "carol", "--password-stdin", "--data-dir", dd]),
+        PASSWORD,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("1 API token of carol withdrawn"), "{}", text(&o.stderr));
+    assert_eq!(api(&d, "GET", "/api/whoami", Some(&carol), None).0, 401);
+    assert_eq!(api(&d, "GET", "/api/whoami", Some(&bob), None).0, 200);
 }
 
 #[test]

@@ -47,12 +47,14 @@ pub enum UserCmd {
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Make an API token for scripts; it acts as the account, and is shown once.
-    Add(TokenAddOpt),
+    Add(TokenOpt),
+    /// Withdraw every API token of an account, at once (also for a running server).
+    Revoke(TokenOpt),
 }
 
 #[derive(Args)]
-pub struct TokenAddOpt {
-    /// The account the token acts as (its password is asked for).
+pub struct TokenOpt {
+    /// The account the tokens act as (its password is asked for).
     #[arg(long)]
     user: String,
     /// Read the password from the first line of standard input instead of a hidden prompt.
@@ -346,12 +348,20 @@ pub fn revoke(o: RevokeOpt) -> Result<i32, Failure> {
 }
 
 pub fn token(c: TokenCmd) -> Result<i32, Failure> {
+    let login = |o: &TokenOpt| -> Result<Store, Failure> {
+        let store = Store::open_existing(&o.data_dir)?;
+        let pw = password(o.password_stdin, false)?;
+        store.check_user(&o.user, &pw)?;
+        Ok(store)
+    };
     match c {
+        TokenCmd::Revoke(o) => {
+            let n = login(&o)?.revoke_tokens(&o.user)?;
+            eprintln!("{n} API token{} of {} withdrawn", if n == 1 { "" } else { "s" }, o.user);
+            Ok(0)
+        }
         TokenCmd::Add(o) => {
-            let mut store = Store::open_existing(&o.data_dir)?;
-            let pw = password(o.password_stdin, false)?;
-            store.check_user(&o.user, &pw)?;
-            let token = store.add_token(&o.user)?;
+            let token = login(&o)?.add_token(&o.user)?;
             println!("{token}");
             eprintln!(
                 "API token for {} made; it is shown only once. Send it as `Authorization: Bearer TOKEN`, \
