@@ -153,7 +153,16 @@ async fn browser_end_to_end() {
         .await
         .expect("select");
     c.find(Locator::Id("issue")).await.expect("issue button").click().await.expect("click");
-    let serial = c.find(Locator::Id("serial")).await.expect("serial shown").text().await.expect("text");
+    // The click returns before the next page is there (issuing runs Argon2): wait for it.
+    let serial = c
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Id("serial"))
+        .await
+        .expect("serial shown")
+        .text()
+        .await
+        .expect("text");
     assert!(serial.len() == 10 && serial.bytes().all(|b| b.is_ascii_digit()), "serial {serial:?}");
     assert!(c.find(Locator::Id("copy")).await.is_ok(), "a copy button");
 
