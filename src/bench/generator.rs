@@ -177,6 +177,12 @@ pub struct Plan {
     pub resume: Arc<Gate>,
 }
 
+/// Time from `now` until the next heartbeat of a fixed-rate schedule falls due.
+fn until_next_send(start: Instant, sent: u64, rate: f64, now: Instant) -> Duration {
+    let due_at = start + Duration::from_secs_f64((sent + 1) as f64 / rate.max(1e-3));
+    due_at.saturating_duration_since(now)
+}
+
 /// A socket for one worker: bound on the target's family, connected to the target, with a
 /// short read timeout and a large receive buffer (capped by `net.core.rmem_max`).
 pub fn open_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -194,8 +200,7 @@ pub fn spawn(
     plan: Arc<Plan>,
 ) -> std::io::Result<JoinHandle<Outcome>> {
     std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
-        let fd = socket.as_raw_fd();
-        let mut w = Worker::new(fd, slots, plan.mode, plan.live.clone());
+        let mut w = Worker::new(socket, slots, plan.mode, plan.live.clone());
         w.heartbeats(&plan, pace);
         let counts = w.st.c;
         if let Ok(tx) = plan.drained.lock() {
@@ -205,7 +210,6 @@ pub fn spawn(
         if plan.release && plan.mode == Mode::Protocol {
             w.release(&plan);
         }
-        drop(socket);
         Outcome { counts: Counts { released: w.st.c.released, ..counts }, latency: w.st.hist }
     })
 }
@@ -217,6 +221,7 @@ enum Phase {
 }
 
 struct Io {
+    socket: UdpSocket,
     fd: RawFd,
     out: Batch<96>,
     inb: Batch<256>,
@@ -248,11 +253,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(fd: RawFd, slots: Vec<Slot>, mode: Mode, live: Arc<Live>) -> Self {
+    fn new(socket: UdpSocket, slots: Vec<Slot>, mode: Mode, live: Arc<Live>) -> Self {
+        let fd = socket.as_raw_fd();
         let index = slots.iter().enumerate().map(|(i, s)| (s.lease_id, i as u32)).collect();
         let free = (0..slots.len() as u32).collect();
         Self {
-            io: Io { fd, out: Batch::new(), inb: Batch::new() },
+            io: Io { socket, fd, out: Batch::new(), inb: Batch::new() },
             st: State {
                 mode,
                 phase: Phase::Heartbeat,
@@ -295,7 +301,15 @@ impl Worker {
                 more = k == BATCH && budget > k;
             }
             let in_window = sending;
-            self.receive(if more { MsgFlags::MSG_DONTWAIT } else { MsgFlags::MSG_WAITFORONE }, in_window);
+            let flags = match pace {
+                _ if more => MsgFlags::MSG_DONTWAIT,
+                Pace::Rate(r) if sending => {
+                    self.wait_readable(until_next_send(plan.start, self.st.c.sent, r, now));
+                    MsgFlags::MSG_DONTWAIT
+                }
+                _ => MsgFlags::MSG_WAITFORONE,
+            };
+            self.receive(flags, in_window);
             self.st.publish();
         }
         // Whatever is still outstanding after the drain was lost.
@@ -387,6 +401,18 @@ impl Worker {
             }
         }
         k
+    }
+
+    /// Blocks until an ACK is queued or `wait` has passed, with the precision of `ppoll`'s
+    /// high-resolution timer. A blocking `recvmmsg` would sleep until its socket read timeout
+    /// (whole jiffies) whenever every heartbeat was already answered, then send what fell due
+    /// meanwhile as one burst: at a fixed rate, the queueing behind those bursts, not the
+    /// server, would make the latency tail.
+    fn wait_readable(&self, wait: Duration) {
+        use nix::poll::{ppoll, PollFd, PollFlags};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.io.socket.as_fd(), PollFlags::POLLIN)];
+        let _ = ppoll(&mut fds, Some(wait.min(POLL).into()), None);
     }
 
     fn receive(&mut self, flags: MsgFlags, in_window: bool) {
