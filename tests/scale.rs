@@ -477,3 +477,46 @@ fn last_accepted_heartbeat(sim: &util::Sim, c: usize) -> Instant {
         .next_back()
         .expect("an accepted heartbeat")
 }
+
+/// A mass expiry worked off in slices the size of a receive batch, as the IO layer does while
+/// datagrams wait: each call removes exactly its budget, the core asks to be called again at
+/// once while leases are due, a holder still heartbeating keeps its lease throughout, and the
+/// last due lease is gone after ⌈due / budget⌉ calls.
+#[test]
+fn a_mass_expiry_is_removed_in_slices_while_a_holder_keeps_its_lease() {
+    const DUE: usize = 3_000;
+    const SLICE: usize = 64;
+    let mut b = Bench::new(u16::MAX, 0x511ce);
+    let mut live = None;
+    for i in 0..=DUE {
+        match b.acquire(addr(i)) {
+            Outcome::Granted(h) if i == DUE => live = Some(h),
+            Outcome::Granted(_) => {}
+            Outcome::Denied { reason, .. } => panic!("holder {i} denied ({reason})"),
+        }
+    }
+    let mut live = live.expect("the live holder got a seat");
+    // Past every deadline; only the live holder heartbeats, just before.
+    let t = b.base + TTL + Duration::from_secs(1);
+    b.now = t - Duration::from_millis(1);
+    assert_eq!(b.heartbeat(&mut live), Some(AckStatus::Ok));
+    b.now = t;
+    let mut calls = 0;
+    while b.core.poll_timeout(t) <= t || calls == 0 {
+        let before = b.seats();
+        b.core.handle_timeout_within(t, SLICE);
+        calls += 1;
+        let removed = before - b.seats();
+        assert!(removed <= SLICE, "call {calls} removed {removed}, more than its budget");
+        if b.seats() > 1 {
+            // The budget counts leases looked at: the live holder's, renewed, is looked at once
+            // and filed under its new deadline.
+            assert!(removed >= SLICE - 1, "call {calls} removed only {removed} while leases are due");
+        }
+        assert_eq!(b.heartbeat(&mut live), Some(AckStatus::Ok), "the live holder, call {calls}");
+        assert!(calls <= DUE, "the sweep does not finish");
+    }
+    assert_eq!(b.seats(), 1, "every silent holder's seat is free, the live holder's is not");
+    assert_eq!(calls, (DUE + 1).div_ceil(SLICE), "slices of {SLICE}");
+    assert_eq!(b.core.stats().snapshot().expiries, DUE as u64);
+}
