@@ -148,6 +148,51 @@ fn heartbeat_path(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same heartbeats in batches of 64, as the IO layer hands them over after one recvmmsg:
+/// `ServerCore::warm` first (as the server does), then `handle` for each; and without `warm`,
+/// to show what it saves. Per-heartbeat figures.
+fn heartbeat_batches(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    let mut g = c.benchmark_group("server heartbeat, batches of 64");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(30);
+    for n in [1_000u32, 100_000, 1_000_000] {
+        let now = Instant::now();
+        let (core, mut holders) = core_with_holders(n, now);
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut i = 0usize;
+        for warm in [true, false] {
+            let id = BenchmarkId::new(if warm { "warm" } else { "without warm" }, n);
+            g.bench_with_input(id, &n, |b, _| {
+                b.iter_batched_ref(
+                    || {
+                        let mut batch = Vec::with_capacity(BATCH);
+                        for _ in 0..BATCH {
+                            i = (i + 7919) % holders.len();
+                            let h = &mut holders[i];
+                            let mut buf = [0u8; MAX_DATAGRAM];
+                            let k = heartbeat(h, &mut buf);
+                            batch.push((h.src, buf, k));
+                        }
+                        batch
+                    },
+                    |batch| {
+                        if warm {
+                            core.warm(batch.iter().map(|(_, d, k)| &d[..*k]));
+                        }
+                        for (src, d, k) in batch.iter() {
+                            let r = core.handle(now, 0, *src, &d[..*k], &mut out);
+                            assert!(matches!(r, Reply::Send(45)));
+                        }
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
 fn expiry_sweep(c: &mut Criterion) {
     let mut g = c.benchmark_group("expiry");
     g.sample_size(10);
@@ -173,5 +218,5 @@ fn expiry_sweep(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_and_verify, heartbeat_path, expiry_sweep);
+criterion_group!(benches, decode_and_verify, heartbeat_path, heartbeat_batches, expiry_sweep);
 criterion_main!(benches);

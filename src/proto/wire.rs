@@ -339,6 +339,16 @@ pub fn peek_type(datagram: &[u8]) -> Result<MsgType, DecodeError> {
     Ok(ty)
 }
 
+/// The `lease_id` of a datagram that has a heartbeat's header and length, without decoding or
+/// checking anything else: only a hint, for [`ServerCore::warm`](crate::proto::server::ServerCore::warm).
+pub fn peek_lease_id(datagram: &[u8]) -> Option<u64> {
+    if peek_type(datagram).ok()? != MsgType::Heartbeat {
+        return None;
+    }
+    let bytes = datagram.get(HEADER_LEN..HEADER_LEN + 8)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
 fn body<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((v, [])) => Ok(v),

@@ -344,6 +344,7 @@ impl Worker {
                     // One clock reading per batch: the datagrams of a batch arrived together.
                     now = Instant::now();
                     let unix = unix_now();
+                    self.core.warm((0..n).map(|i| bufs.datagram(i)));
                     for i in 0..n {
                         let (_, src, truncated) = bufs.got[i];
                         let datagram = if truncated { &[][..] } else { bufs.datagram(i) };

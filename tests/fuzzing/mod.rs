@@ -522,6 +522,8 @@ impl ServerHarness {
     fn send(&mut self, src: SocketAddr, datagram: &[u8]) {
         let mut out = [0u8; 256];
         let unix = self.unix();
+        // As the IO layer does before each batch: a hint that must change nothing.
+        self.core.warm([datagram, datagram]);
         let r = self.core.handle(self.now, unix, src, datagram, &mut out);
         let (n, after_commit) = match r {
             Reply::None => return,
