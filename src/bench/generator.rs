@@ -37,6 +37,11 @@ pub const THREAD_NAME: &str = "lic-bench-gen";
 const POLL: Duration = Duration::from_millis(2);
 /// Transmissions of a RELEASE before the instance is left to expire on the server.
 const RELEASE_SENDS: u8 = 3;
+/// The longest a release pass may take. Leases still held then expire on the server. Without
+/// it, releases whose ACK was lost trickle on: their retransmissions meet a lease already gone,
+/// and the STALE answers, capped by the server's reply limit (1,000/s per address), each count
+/// as progress; one 1,000,000-instance run spent over ten minutes here.
+const RELEASE_MAX: Duration = Duration::from_secs(30);
 const HEARTBEAT_LEN: usize = wire::MsgType::Heartbeat.wire_len();
 
 /// How sends are paced.
@@ -328,7 +333,8 @@ impl Worker {
 
     /// Gives every lease back (HEARTBEAT with RELEASE), so an external server's seats are free
     /// at once for the next run. Bounded: each instance sends at most [`RELEASE_SENDS`] times,
-    /// and the pass ends when nothing has been released for that many timeouts.
+    /// and the pass ends when nothing has been released for that many timeouts, or after
+    /// [`RELEASE_MAX`].
     fn release(&mut self, plan: &Plan) {
         let st = &mut self.st;
         st.phase = Phase::Release;
@@ -339,6 +345,7 @@ impl Worker {
         }
         let patience = plan.timeout * (u32::from(RELEASE_SENDS) + 1);
         let (mut released, mut progress_at) = (st.c.released, Instant::now());
+        let give_up = progress_at + RELEASE_MAX;
         loop {
             let now = Instant::now();
             let st = &self.st;
@@ -346,7 +353,7 @@ impl Worker {
                 (released, progress_at) = (st.c.released, now);
             }
             let finished = st.free.is_empty() && st.again.is_empty() && st.outstanding == 0;
-            if finished || now.saturating_duration_since(progress_at) >= patience {
+            if finished || now.saturating_duration_since(progress_at) >= patience || now >= give_up {
                 break;
             }
             self.st.expire(now, plan.timeout, true);
