@@ -520,3 +520,43 @@ fn a_mass_expiry_is_removed_in_slices_while_a_holder_keeps_its_lease() {
     assert_eq!(calls, (DUE + 1).div_ceil(SLICE), "slices of {SLICE}");
     assert_eq!(b.core.stats().snapshot().expiries, DUE as u64);
 }
+
+/// `ServerCore::warm`, which the IO layer calls on every received batch before handling it,
+/// looks the named leases up and changes nothing: not the counters, not the seats, not the
+/// replay windows (the same heartbeats are then accepted, once), whatever the batch holds.
+#[test]
+fn warm_on_a_batch_of_real_and_hostile_heartbeats_changes_nothing() {
+    let mut b = Bench::new(100, 0x3a3);
+    let mut holders: Vec<Holder> = (0..64)
+        .map(|i| match b.acquire(addr(i)) {
+            Outcome::Granted(h) => *h,
+            Outcome::Denied { reason, .. } => panic!("holder {i} denied ({reason})"),
+        })
+        .collect();
+    let batch: Vec<Vec<u8>> = holders
+        .iter_mut()
+        .map(|h| {
+            h.seq += 1;
+            let hb = Heartbeat { lease_id: h.lease_id, epoch: h.epoch, seq: h.seq, flags: 0 };
+            encode(&Message::Heartbeat(hb), Some(&h.keys.c2s))
+        })
+        .collect();
+    let mut hostile: Vec<Vec<u8>> = Vec::new();
+    for d in &batch {
+        let mut wrong_id = d.clone();
+        wrong_id[5] ^= 0xff;
+        hostile.push(wrong_id);
+        hostile.push(d[..d.len() - 1].to_vec());
+    }
+    hostile.push(vec![0xff; 48]);
+    let before = (b.core.stats().snapshot(), b.seats(), b.core.live_leases());
+    b.core.warm(batch.iter().chain(&hostile).map(Vec::as_slice));
+    b.core.warm(hostile.iter().map(Vec::as_slice));
+    assert_eq!((b.core.stats().snapshot(), b.seats(), b.core.live_leases()), before);
+    for (h, d) in holders.iter_mut().zip(&batch) {
+        let reply = b.send(h.src, d).expect("an ACK");
+        let Message::Ack(a) = decode(&reply) else { panic!("expected ACK") };
+        assert_eq!((a.lease_id, a.seq, a.status), (h.lease_id, h.seq, AckStatus::Ok as u8));
+        assert!(b.send(h.src, d).is_none(), "the same heartbeat again is a replay");
+    }
+}

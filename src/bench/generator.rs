@@ -294,6 +294,7 @@ impl Worker {
             // After the end, a timeout is still a loss, but nothing is sent again.
             self.st.expire(now, plan.timeout, sending);
             let mut more = false;
+            let mut starved = false;
             if sending {
                 let budget = match pace {
                     Pace::Window(w) => w.saturating_sub(self.st.outstanding),
@@ -304,12 +305,17 @@ impl Worker {
                 };
                 let k = self.send(now, budget.min(BATCH), 0);
                 more = k == BATCH && budget > k;
+                // Due but nobody free to send (every instance waits for its ACK): nothing to
+                // do before an ACK comes, so no zero-length waits in a loop.
+                starved = budget > 0 && k == 0;
             }
             let in_window = sending;
             let flags = match pace {
                 _ if more => MsgFlags::MSG_DONTWAIT,
                 Pace::Rate(r) if sending => {
-                    self.wait_readable(until_next_send(plan.start, self.st.c.sent, r, now));
+                    let wait =
+                        if starved { POLL } else { until_next_send(plan.start, self.st.c.sent, r, now) };
+                    self.wait_readable(wait);
                     MsgFlags::MSG_DONTWAIT
                 }
                 _ => MsgFlags::MSG_WAITFORONE,

@@ -75,15 +75,17 @@ impl MacKey {
         Self { inner, outer }
     }
 
-    /// One word of each pad state, which lie 32 bytes apart: reading it pulls the key's cache
-    /// lines in (see `ServerCore::warm`). Says nothing useful about the key to anyone who
-    /// could see it, and nobody outside the core does.
+    /// A word from each end of the key's 64 bytes (the first of the inner pad state, the last
+    /// of the outer), so that reading it pulls every cache line the key spans into the cache
+    /// (see `ServerCore::warm`). Nothing outside the core sees the value.
     pub(crate) fn touch(&self) -> u32 {
         self.inner[0] ^ self.outer[7]
     }
 
-    /// The full 32-byte HMAC of `msg`.
-    pub fn hmac(&self, msg: &[u8]) -> [u8; 32] {
+    /// The full 32-byte HMAC of `msg`. Crate-private: [`finish`] leaves the inner digest
+    /// unwiped on the stack, which is fine for tags of datagrams that cross the wire anyway,
+    /// and a caller MACing secrets would need to think again.
+    pub(crate) fn hmac(&self, msg: &[u8]) -> [u8; 32] {
         let inner = finish(self.inner, msg);
         finish(self.outer, &inner)
     }

@@ -217,6 +217,8 @@ struct Worker {
 struct Remover {
     tx: Option<std::sync::mpsc::Sender<StoreWork>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set at shutdown: write what is left without the pauses between chunks.
+    hurry: Arc<AtomicBool>,
 }
 
 /// What the store thread writes: removals, and denials for the audit log (batched once a
@@ -226,6 +228,25 @@ enum StoreWork {
     Denials(Vec<DenyEvent>),
 }
 
+/// Splits a drained journal into what the IO thread writes before its GRANTs leave (the grants,
+/// and the removals of leases granted in the same drain, which must not be written before
+/// their grant) and the other removals, which go to the store thread: a mass expiry may have
+/// piled up tens of thousands of them since the last tick, and written here in one
+/// transaction they would hold up every heartbeat behind them.
+fn split_for_commit(ops: Vec<JournalOp>) -> (Vec<JournalOp>, Vec<JournalOp>) {
+    let granted: std::collections::HashSet<u64> = ops
+        .iter()
+        .filter_map(|op| match op {
+            JournalOp::Grant(g) => Some(g.lease_id),
+            JournalOp::Remove { .. } => None,
+        })
+        .collect();
+    ops.into_iter().partition(|op| match op {
+        JournalOp::Grant(_) => true,
+        JournalOp::Remove { lease_id, .. } => granted.contains(lease_id),
+    })
+}
+
 /// Removals per store transaction on the store thread. A mass expiry hands over tens of
 /// thousands at once; written in one go, they kept a core busy for most of a second, and on a
 /// machine with few cores the IO thread got half of one meanwhile (heartbeat p99 of 30 ms at
@@ -233,10 +254,14 @@ enum StoreWork {
 /// half a core, and a grant waiting for the store lock waits one slice at most.
 const STORE_CHUNK: usize = 2_000;
 
-fn write_removals(core: &ServerCore, store: &Mutex<Store>, ops: &[JournalOp]) {
+/// Writes `ops`; false (after putting them back into the journal) if the store refused.
+fn write_removals(core: &ServerCore, store: &Mutex<Store>, ops: &[JournalOp]) -> bool {
     let result = store.lock().map_err(|_| StoreError::Poisoned).and_then(|mut s| s.apply(ops));
     match result {
-        Ok(()) => core.committed(ops),
+        Ok(()) => {
+            core.committed(ops);
+            true
+        }
         Err(e) => {
             if core.store_available() {
                 tracing::error!(
@@ -247,6 +272,7 @@ fn write_removals(core: &ServerCore, store: &Mutex<Store>, ops: &[JournalOp]) {
             // The removals go back into the journal for the next commit.
             core.commit_failed(ops);
             core.set_store_available(false);
+            false
         }
     }
 }
@@ -254,6 +280,8 @@ fn write_removals(core: &ServerCore, store: &Mutex<Store>, ops: &[JournalOp]) {
 impl Remover {
     fn start(core: Arc<ServerCore>, store: Arc<Mutex<Store>>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<StoreWork>();
+        let hurry = Arc::new(AtomicBool::new(false));
+        let in_a_hurry = hurry.clone();
         let thread = std::thread::Builder::new().name("lic-udp-store".into()).spawn(move || {
             for work in rx {
                 let ops = match work {
@@ -269,11 +297,18 @@ impl Remover {
                         continue;
                     }
                 };
-                let mut chunks = ops.chunks(STORE_CHUNK).peekable();
-                while let Some(chunk) = chunks.next() {
+                let mut rest: &[JournalOp] = &ops;
+                while !rest.is_empty() {
+                    let (chunk, tail) = rest.split_at(rest.len().min(STORE_CHUNK));
                     let started = Instant::now();
-                    write_removals(&core, &store, chunk);
-                    if chunks.peek().is_some() {
+                    if !write_removals(&core, &store, chunk) {
+                        // The store refuses: the rest goes back into the journal with the
+                        // failed chunk, for the commit after the store recovers.
+                        core.commit_failed(tail);
+                        break;
+                    }
+                    rest = tail;
+                    if !rest.is_empty() && !in_a_hurry.load(Ordering::Relaxed) {
                         // Half the time at most: the IO thread and the bench's or the
                         // machine's other work keep at least half a core meanwhile.
                         std::thread::sleep(started.elapsed());
@@ -281,7 +316,7 @@ impl Remover {
                 }
             }
         })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+        Ok(Self { tx: Some(tx), thread: Some(thread), hurry })
     }
 
     /// Hands work to the store thread, or gives it back if the thread has gone (then the
@@ -295,6 +330,7 @@ impl Remover {
 
     /// Waits until everything handed over has been written.
     fn finish(&mut self) {
+        self.hurry.store(true, Ordering::Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -351,7 +387,7 @@ impl Worker {
                         self.on_datagram(now, unix, datagram, src, &mut out, &mut gated);
                     }
                     if !gated.is_empty() {
-                        self.commit(&mut out, &mut gated, false);
+                        self.commit(&mut out, &mut gated, false, Some(&remover));
                     }
                     batch::send(&self.socket, &mut send_bufs, &out);
                     out.clear();
@@ -361,14 +397,15 @@ impl Worker {
             }
             if !gated.is_empty() {
                 // An earlier try found the store busy.
-                self.commit(&mut out, &mut gated, false);
+                self.commit(&mut out, &mut gated, false, Some(&remover));
                 batch::send(&self.socket, &mut send_bufs, &out);
                 out.clear();
             }
             now = Instant::now();
             if now >= next_timeout {
-                // Datagrams waiting: a slice of the expiry work the size of a receive batch,
-                // then back to them (see ServerCore::handle_timeout_within).
+                // Datagrams arriving: a slice of the expiry work the size of a receive batch,
+                // then back to them (see ServerCore::handle_timeout_within); a whole budget
+                // when the last wait for datagrams came back empty.
                 let budget = if received > 0 { batch::BATCH } else { EXPIRY_BUDGET };
                 self.core.handle_timeout_within(now, budget);
                 next_timeout = self.core.poll_timeout(now);
@@ -403,7 +440,7 @@ impl Worker {
         remover.finish();
         self.flush_denials_here(self.core.drain_denials());
         if self.core.has_pending_journal() || !gated.is_empty() {
-            self.commit(&mut out, &mut gated, true);
+            self.commit(&mut out, &mut gated, true, None);
             batch::send(&self.socket, &mut send_bufs, &out);
         }
         Ok(())
@@ -444,14 +481,21 @@ impl Worker {
     /// and new seats are denied until the store takes writes again. Unless `wait`, a store
     /// busy with the store thread's removals leaves everything as it is, for a later try: the
     /// IO thread goes on with heartbeats meanwhile.
-    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>, wait: bool) {
+    fn commit(&self, out: &mut Vec<Out>, gated: &mut Vec<Out>, wait: bool, remover: Option<&Remover>) {
         let store = match self.store.try_lock() {
             Ok(s) => Some(s),
             Err(std::sync::TryLockError::WouldBlock) if !wait => return,
             Err(std::sync::TryLockError::WouldBlock) => self.store.lock().ok(),
             Err(std::sync::TryLockError::Poisoned(_)) => None,
         };
-        let ops = self.core.drain_journal();
+        let (mut ops, later) = split_for_commit(self.core.drain_journal());
+        if let Some(remover) = remover.filter(|_| !later.is_empty()) {
+            if let Err(StoreWork::Removals(back)) = remover.submit(StoreWork::Removals(later)) {
+                ops.extend(back);
+            }
+        } else {
+            ops.extend(later);
+        }
         let result = match store {
             _ if ops.is_empty() => Ok(()),
             Some(mut s) => s.apply(&ops),

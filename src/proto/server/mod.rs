@@ -14,7 +14,7 @@ mod types;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,9 @@ use expiry::ExpiryWheel;
 pub use expiry::SLOT as SWEEP_PERIOD;
 
 /// Leases one [`ServerCore::handle_timeout`] call looks at, so that a mass expiry cannot hold
-/// up the datagrams queued behind it for long.
+/// up the datagrams queued behind it for long. The server passes this when its socket was
+/// idle, and a receive batch's worth while datagrams arrive
+/// ([`ServerCore::handle_timeout_within`]).
 pub const EXPIRY_BUDGET: usize = 1_000;
 
 /// Lowest source port the server answers; below it are system services (loop-DoS, CVE-2024-2169).
@@ -73,9 +75,10 @@ fn prune_retired(lic: &mut LicenseState, now_s: u32) {
 }
 
 /// `repr(C)`: the fields a heartbeat reads come first, in this order, so that with the lease's
-/// own fields before it they fill the first three cache lines of the lease. At 100,000 leases
-/// and more the leases are larger than the CPU's caches, and every line a heartbeat touches is
-/// a likely miss (see benches/core.rs).
+/// own fields before it they fill the first 184 bytes of the lease (three cache lines, four
+/// when the allocator's 16-byte alignment straddles one). At 100,000 leases and more the
+/// leases are larger than the CPU's caches, and every line a heartbeat touches is a likely
+/// miss (see benches/core.rs).
 #[repr(C)]
 struct Session {
     keys: SessionKeys,
@@ -120,9 +123,10 @@ impl Lease {
 pub const WARM_MAX: usize = 64;
 
 /// Lease ids are drawn at random by the server (proto-spec.md §2), and a peer can only look
-/// them up, never insert one, so they need no keyed hash: one multiply by an odd constant
-/// (Fibonacci hashing) spreads them, and ids a test picks by hand, over the table's buckets
-/// and the map's shards. SipHash cost more than a tenth of the whole heartbeat path.
+/// them up, never insert one, so they need no keyed hash: an unkeyed mixer of two multiplies
+/// spreads them over the map's shards (top bits) and the table's
+/// buckets (low bits), and ids a test picks by hand as well. SipHash cost more than a tenth
+/// of the whole heartbeat path.
 #[derive(Default, Clone, Copy)]
 struct LeaseIdHasher(u64);
 
@@ -136,14 +140,22 @@ impl std::hash::Hasher for LeaseIdHasher {
         }
     }
     fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // MurmurHash3's 64-bit finalizer: a bijection in which every output bit depends on
+        // every input bit, so both the shard (high bits) and the table's bucket (low bits)
+        // do. A plain multiply would leave the low bits to the id's low bits only.
+        let mut h = id ^ (id >> 33);
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        self.0 = h ^ (h >> 33);
     }
 }
 
 /// Boxed: the table itself then holds 16 bytes a lease, so that its power-of-two growth
 /// (down to under half full just after it doubles) wastes little. Inline, 1,000,000 leases
-/// took 718 bytes each (`cargo bench --bench memory`), over the 512 we allow. The extra
-/// pointer hop costs a cache miss at most, which [`ServerCore::warm`] overlaps like the rest.
+/// took 718 bytes each (`cargo bench --bench memory`), over the 512 we allow. The price is a
+/// pointer hop, a third likely cache miss per lookup at 100,000 leases and more: about 150
+/// ns a heartbeat in batches with [`ServerCore::warm`], more one at a time (benches/core.rs).
 type LeaseMap = DashMap<u64, Box<Lease>, std::hash::BuildHasherDefault<LeaseIdHasher>>;
 
 fn license_end(expires_unix: Option<u64>) -> u64 {
@@ -169,6 +181,8 @@ pub struct ServerCore {
     /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
     store_ok: AtomicBool,
     throttle: Throttle,
+    /// When the throttle was last swept (ms since `start`; `u64::MAX`: never).
+    throttle_swept_ms: AtomicU64,
     /// Replies to unauthenticated datagrams (CHALLENGE, STALE, UNKNOWN) per source address
     /// (proto-spec.md §4, "Reply limit").
     replies: ReplyLimiter,
@@ -220,6 +234,7 @@ impl ServerCore {
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
             throttle: Throttle::default(),
+            throttle_swept_ms: AtomicU64::new(u64::MAX),
             replies,
             expiry: ExpiryWheel::new(now),
             stats: Stats::default(),
@@ -405,13 +420,21 @@ impl ServerCore {
     }
 
     /// [`handle_timeout`](Self::handle_timeout) looking at no more than `budget` due leases.
-    /// A driver with datagrams waiting passes a budget about the size of its receive batch:
+    /// A driver with datagrams arriving passes a budget about the size of its receive batch:
     /// a removal costs about as much as a heartbeat's user-space work, so expiring a big
     /// batch of leases between two small batches of datagrams would leave heartbeats queued
-    /// behind the expiry (proto-spec.md §5: a lease may then end up to about a second late).
+    /// behind the expiry (proto-spec.md §5, "Expiry": leases due together then end a little
+    /// later, about a second for 100,000).
     pub fn handle_timeout_within(&self, now: Instant, budget: usize) {
         self.rotate_cookies(now);
-        self.throttle.sweep(now);
+        // The throttle's sweep walks its whole table: once a sweep period, not on every
+        // slice of a mass expiry.
+        let now_ms = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
+        let swept = self.throttle_swept_ms.load(Ordering::Relaxed);
+        if swept == u64::MAX || now_ms >= swept.saturating_add(ms(SWEEP_PERIOD).into()) || now_ms < swept {
+            self.throttle_swept_ms.store(now_ms, Ordering::Relaxed);
+            self.throttle.sweep(now);
+        }
         let now_s = self.now_s(now);
         for lease_id in self.expiry.due(now, budget.max(1)) {
             let Some((expires, license_id, instance)) =
@@ -500,12 +523,14 @@ impl ServerCore {
     /// Loads the lease table slots that the heartbeats among `datagrams` name into the CPU's
     /// cache, before the datagrams are handled one by one; only a hint, it changes nothing.
     ///
-    /// Why: with 100,000 leases and more, the table is larger than the caches, and a heartbeat's
-    /// lookup misses twice (the bucket's control bytes, then the slot), each a trip to memory.
-    /// Handled one at a time, those trips come one after the other, since every lookup takes
-    /// its shard's lock and a locked instruction waits for the loads before it. Here each shard
-    /// is locked once, for reading, and the lookups under it are plain loads that the CPU runs
-    /// side by side. Takes at most [`WARM_MAX`] heartbeats, and neither allocates nor writes.
+    /// Why: with 100,000 leases and more, the leases are larger than the caches, and a
+    /// heartbeat's lookup misses up to three times (the bucket's control bytes, the slot with
+    /// the box's address, the lease), each a trip to memory. Handled one at a time, those trips
+    /// come one after the other, since every lookup takes its shard's lock and a locked
+    /// instruction waits for the loads before it. Here each shard is locked once, for reading,
+    /// and the lookups under it are plain loads that the CPU runs side by side. Takes at most
+    /// [`WARM_MAX`] heartbeats, allocates nothing and changes no lease (the read locks are
+    /// its only writes).
     pub fn warm<'a>(&self, datagrams: impl IntoIterator<Item = &'a [u8]>) {
         let mut ids = [(0usize, 0u64, 0u64); WARM_MAX];
         let mut n = 0;
@@ -871,19 +896,15 @@ impl ServerCore {
             }
         };
         let ttl_ms = if status == AckStatus::Ok { lease.ttl_ms } else { 0 };
-        let (license_id, instance) = (lease.license_id, lease.record.instance_id);
+        // Only a release reads the lease's tail (past the heartbeat's cache lines).
+        let owner = if release { Some((lease.license_id, lease.record.instance_id)) } else { None };
         // The lease lock must go before remove_lease takes the license lock (lock order).
         drop(guard);
         bump(&self.stats.heartbeats);
-        if release
-            && self.remove_lease(
-                &license_id,
-                hb.lease_id,
-                &instance,
-                Some(self.now_s(now)),
-                EndReason::Released,
-            )
-        {
+        let freed = owner.is_some_and(|(license_id, instance)| {
+            self.remove_lease(&license_id, hb.lease_id, &instance, Some(self.now_s(now)), EndReason::Released)
+        });
+        if freed {
             bump(&self.stats.releases);
         }
         let msg = Message::Ack(Ack {
@@ -1005,10 +1026,20 @@ mod tests {
     }
 
     #[test]
-    fn lease_ids_spread_over_shards_even_when_small() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let b = BuildHasherDefault::<LeaseIdHasher>::default();
-        let tops: std::collections::HashSet<u64> = (1..=64u64).map(|id| b.hash_one(id) >> 58).collect();
-        assert!(tops.len() > 32, "small ids should reach most of the 64 top-bit buckets: {}", tops.len());
+    fn lease_ids_spread_over_shards_and_buckets_even_when_picked_by_hand() {
+        let map = LeaseMap::with_hasher_and_shard_amount(Default::default(), 16);
+        for ids in [(1..=64u64).collect::<Vec<_>>(), (1..=64u64).map(|i| i << 40).collect()] {
+            let shards: std::collections::HashSet<usize> =
+                ids.iter().map(|id| map.determine_shard(map.hash_usize(id))).collect();
+            assert!(shards.len() >= 12, "64 ids should reach most of 16 shards: {}", shards.len());
+            // hashbrown picks a bucket by the hash's low bits.
+            let buckets: std::collections::HashSet<usize> =
+                ids.iter().map(|id| map.hash_usize(id) & 1023).collect();
+            assert!(
+                buckets.len() >= 56,
+                "64 ids should land in distinct buckets of 1,024: {}",
+                buckets.len()
+            );
+        }
     }
 }
