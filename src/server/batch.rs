@@ -133,11 +133,14 @@ pub type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
 /// Reusable message headers for [`send`].
 pub struct SendBufs {
     headers: MultiHeaders<SockaddrStorage>,
+    /// Destinations of the chunk being sent: kept from call to call, and only as long as the
+    /// chunk (a 64-entry array built on every call wrote 8 KiB however few replies there were).
+    addrs: Vec<Option<SockaddrStorage>>,
 }
 
 impl SendBufs {
     pub fn new() -> Self {
-        Self { headers: MultiHeaders::preallocate(BATCH, None) }
+        Self { headers: MultiHeaders::preallocate(BATCH, None), addrs: Vec::with_capacity(BATCH) }
     }
 }
 
@@ -149,14 +152,14 @@ pub fn send(socket: &UdpSocket, bufs: &mut SendBufs, out: &[Out]) {
         let chunk = &rest[..rest.len().min(BATCH)];
         let slices: [[IoSlice<'_>; 1]; BATCH] =
             std::array::from_fn(|i| [IoSlice::new(chunk.get(i).map_or(&[][..], |(_, b, n)| &b[..*n]))]);
-        let addrs: [Option<SockaddrStorage>; BATCH] =
-            std::array::from_fn(|i| chunk.get(i).map(|(a, _, _)| SockaddrStorage::from(*a)));
+        bufs.addrs.clear();
+        bufs.addrs.extend(chunk.iter().map(|(a, _, _)| Some(SockaddrStorage::from(*a))));
         let cmsgs: [ControlMessage<'_>; 0] = [];
         let sent = match sendmmsg(
             socket.as_raw_fd(),
             &mut bufs.headers,
             &slices[..chunk.len()],
-            &addrs[..chunk.len()],
+            &bufs.addrs,
             cmsgs,
             MsgFlags::empty(),
         ) {
