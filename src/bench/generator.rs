@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -227,7 +227,6 @@ enum Phase {
 
 struct Io {
     socket: UdpSocket,
-    fd: RawFd,
     out: Batch<96>,
     inb: Batch<256>,
 }
@@ -259,11 +258,10 @@ struct Worker {
 
 impl Worker {
     fn new(socket: UdpSocket, slots: Vec<Slot>, mode: Mode, live: Arc<Live>) -> Self {
-        let fd = socket.as_raw_fd();
         let index = slots.iter().enumerate().map(|(i, s)| (s.lease_id, i as u32)).collect();
         let free = (0..slots.len() as u32).collect();
         Self {
-            io: Io { socket, fd, out: Batch::new(), inb: Batch::new() },
+            io: Io { socket, out: Batch::new(), inb: Batch::new() },
             st: State {
                 mode,
                 phase: Phase::Heartbeat,
@@ -405,7 +403,7 @@ impl Worker {
         }
         if k > 0 {
             // What does not leave now times out and goes again, like a loss on the wire.
-            match self.io.out.send(self.io.fd, k) {
+            match self.io.out.send(self.io.socket.as_raw_fd(), k) {
                 Ok(s) => st.c.send_errors += (k - s.min(k)) as u64,
                 Err(_) => st.c.send_errors += k as u64,
             }
@@ -429,7 +427,7 @@ impl Worker {
     }
 
     fn receive(&mut self, flags: MsgFlags, in_window: bool) {
-        let n = match self.io.inb.recv(self.io.fd, flags) {
+        let n = match self.io.inb.recv(self.io.socket.as_raw_fd(), flags) {
             Ok(n) => n,
             Err(Errno::EAGAIN | Errno::EINTR) => 0,
             Err(_) => {

@@ -395,7 +395,8 @@ impl ServerCore {
         // slice of a mass expiry.
         let now_ms = u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX);
         let swept = self.throttle_swept_ms.load(Ordering::Relaxed);
-        if swept == u64::MAX || now_ms >= swept.saturating_add(ms(SWEEP_PERIOD).into()) || now_ms < swept {
+        // `u64::MAX` (never swept) is above any `now_ms`, as a clock that went back would be.
+        if now_ms < swept || now_ms >= swept.saturating_add(ms(SWEEP_PERIOD).into()) {
             self.throttle_swept_ms.store(now_ms, Ordering::Relaxed);
             self.throttle.sweep(now);
         }
