@@ -58,6 +58,7 @@ impl Activation {
             v.try_into().map_err(|_| corrupt(path, format!("{field} has the wrong length")))
         }
         Ok(CachedKeys {
+            serial: self.serial(path)?,
             server_salt: arr(path, "server_salt", &self.server_salt)?,
             params: self.kdf,
             keys: LicenseKeys {
@@ -148,6 +149,7 @@ mod tests {
         assert!(load(&path).expect("missing is fine").is_none());
         let serial = Serial::parse("0123456789").expect("serial");
         let keys = CachedKeys {
+            serial: serial.clone(),
             server_salt: [1; 16],
             params: KdfParams::TEST,
             keys: LicenseKeys { license_id: [2; 8], k_proof: [3; 32], k_auth: [4; 32] },

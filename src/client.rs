@@ -31,9 +31,11 @@ use crate::proto::keys::{derive_license_keys, KdfError, KdfParams, LicenseKeys, 
 use crate::proto::wire::DenyReason;
 
 /// Keys derived from a serial for one server (its salt and Argon2 parameters). Computing them
-/// is the slow step; keep them to make later acquisitions instant.
+/// is the slow step; keep them to make later acquisitions instant. They name their serial: a
+/// [`Client`] uses them only to acquire that serial's license.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedKeys {
+    pub serial: Serial,
     pub server_salt: [u8; 16],
     pub params: KdfParams,
     pub keys: LicenseKeys,
@@ -88,21 +90,23 @@ pub struct GrantInfo {
     pub heartbeat: Duration,
 }
 
-/// A handle to the license server. Cheap to clone; clones share the key cache.
+/// A handle to the license server. Cheap to clone; clones share the key cache, which holds
+/// the keys of every serial acquired through it.
 #[derive(Clone)]
 pub struct Client {
-    server: SocketAddr,
+    /// One server, or the nodes of a cluster, tried in turn (proto-spec.md §6).
+    servers: Vec<SocketAddr>,
     config: ClientConfig,
-    cache: Arc<Mutex<Option<CachedKeys>>>,
+    cache: KeyCache,
     acquire_timeout: Option<Duration>,
 }
 
 impl Client {
     pub fn new(server: SocketAddr) -> Self {
         Self {
-            server,
+            servers: vec![server],
             config: ClientConfig::default(),
-            cache: Arc::new(Mutex::new(None)),
+            cache: KeyCache::default(),
             acquire_timeout: None,
         }
     }
@@ -113,11 +117,10 @@ impl Client {
         self
     }
 
-    /// Starts from keys derived earlier (an activation file), so no Argon2 run is needed.
+    /// Starts from keys derived earlier (an activation file), so no Argon2 run is needed when
+    /// acquiring `keys.serial`.
     pub fn with_cached_keys(self, keys: CachedKeys) -> Self {
-        if let Ok(mut c) = self.cache.lock() {
-            *c = Some(keys);
-        }
+        self.cache.put(keys);
         self
     }
 
@@ -127,31 +130,55 @@ impl Client {
         self
     }
 
-    pub fn server(&self) -> SocketAddr {
-        self.server
+    /// The nodes of one cluster (`--server A,B,C`), in the order a first acquisition tries
+    /// them. A holder whose node stops answering moves to the next and keeps its seat. An
+    /// empty list keeps the current servers.
+    pub fn with_servers(mut self, servers: Vec<SocketAddr>) -> Self {
+        if !servers.is_empty() {
+            self.servers = servers;
+        }
+        self
     }
 
-    /// The keys derived so far, for saving in an activation file.
+    /// The first server.
+    pub fn server(&self) -> SocketAddr {
+        self.servers[0]
+    }
+
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
+    /// The keys derived or given last, for saving in an activation file.
     pub fn cached_keys(&self) -> Option<CachedKeys> {
-        self.cache.lock().ok().and_then(|c| c.clone())
+        self.cache.0.lock().ok().and_then(|c| c.last().cloned())
+    }
+
+    /// The keys of `serial`, if derived or given before.
+    pub fn cached_keys_for(&self, serial: &Serial) -> Option<CachedKeys> {
+        self.cache.get(serial)
     }
 
     /// Proves knowledge of `serial` and takes a seat. The slow key derivation runs at most once
-    /// per `Client` (and never with cached keys).
+    /// per serial and `Client` (and never with cached keys).
     pub async fn acquire(&self, serial: &Serial) -> Result<Seat, AcquireError> {
-        let io = |source| AcquireError::Io { addr: self.server, source };
-        let bind: SocketAddr = if self.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        let first = self.server();
+        let io = |source| AcquireError::Io { addr: first, source };
+        let bind: SocketAddr = if first.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
             .parse()
             .map_err(|_| io(std::io::Error::other("bad bind address")))?;
         let socket = UdpSocket::bind(bind).await.map_err(io)?;
-        socket.connect(self.server).await.map_err(io)?;
+        if self.servers.len() == 1 {
+            socket.connect(first).await.map_err(io)?;
+        }
 
         let mut instance_id = [0u8; 16];
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut instance_id);
         rand::rngs::OsRng.fill_bytes(&mut seed);
-        let mut core = ClientCore::new(self.config.clone(), instance_id, seed, Instant::now());
-        if let Some(c) = self.cached_keys() {
+        let mut core = ClientCore::new(self.config.clone(), instance_id, seed, Instant::now())
+            .with_servers(self.servers.len());
+        if let Some(c) = self.cache.get(serial) {
             core = core.with_cached_keys(c.server_salt, c.params, c.keys);
         }
 
@@ -162,7 +189,7 @@ impl Client {
             socket,
             core,
             serial: serial.clone(),
-            server: self.server,
+            servers: self.servers.clone(),
             cache: self.cache.clone(),
             granted: Some(granted_tx),
             status: status_tx,
@@ -177,9 +204,9 @@ impl Client {
                 // The task goes on: a GRANT that arrives now is released at once, so a client
                 // that gave up never keeps a seat.
                 Err(_) if heard.load(std::sync::atomic::Ordering::Relaxed) => {
-                    return Err(AcquireError::TimedOut(self.server))
+                    return Err(AcquireError::TimedOut(first))
                 }
-                Err(_) => return Err(AcquireError::Unreachable(self.server)),
+                Err(_) => return Err(AcquireError::Unreachable(first)),
             },
             None => granted_rx.await,
         };
@@ -191,8 +218,28 @@ impl Client {
             }
             Err(_) => {
                 task.abort();
-                Err(AcquireError::Unreachable(self.server))
+                Err(AcquireError::Unreachable(first))
             }
+        }
+    }
+}
+
+/// Derived keys per serial. Keyed by the serial, not only by the server's salt and KDF
+/// parameters: one `Client` may acquire several licenses, and another serial's keys would
+/// prove the wrong license.
+#[derive(Clone, Default)]
+struct KeyCache(Arc<Mutex<Vec<CachedKeys>>>);
+
+impl KeyCache {
+    fn get(&self, serial: &Serial) -> Option<CachedKeys> {
+        self.0.lock().ok().and_then(|c| c.iter().find(|k| k.serial == *serial).cloned())
+    }
+
+    /// Replaces the serial's earlier keys (another server salt or parameters).
+    fn put(&self, keys: CachedKeys) {
+        if let Ok(mut c) = self.0.lock() {
+            c.retain(|k| k.serial != keys.serial);
+            c.push(keys);
         }
     }
 }
@@ -247,8 +294,8 @@ struct Driver {
     socket: UdpSocket,
     core: ClientCore,
     serial: Serial,
-    server: SocketAddr,
-    cache: Arc<Mutex<Option<CachedKeys>>>,
+    servers: Vec<SocketAddr>,
+    cache: KeyCache,
     granted: Option<oneshot::Sender<Result<GrantInfo, AcquireError>>>,
     status: watch::Sender<SeatStatus>,
     commands: mpsc::Receiver<Command>,
@@ -260,6 +307,11 @@ struct Driver {
 type KeyJob = oneshot::Receiver<([u8; 16], KdfParams, Result<LicenseKeys, KdfError>)>;
 
 impl Driver {
+    /// Where the core sends now.
+    fn server(&self) -> SocketAddr {
+        self.servers[self.core.server_index() % self.servers.len()]
+    }
+
     async fn run(mut self) {
         let mut buf = [0u8; 2048];
         let mut kdf: Option<KeyJob> = None;
@@ -268,7 +320,7 @@ impl Driver {
         loop {
             while let Some(n) = self.core.poll_transmit(&mut buf) {
                 // A refused send (no server yet) is like a lost datagram: the timers retry.
-                let _ = self.socket.send(&buf[..n]).await;
+                let _ = self.socket.send_to(&buf[..n], self.server()).await;
             }
             while let Some(ev) = self.core.poll_event() {
                 if let Some(job) = self.on_event(ev) {
@@ -280,8 +332,10 @@ impl Driver {
             }
             let deadline = self.core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                r = self.socket.recv(&mut buf) => {
-                    if let Ok(n) = r {
+                r = self.socket.recv_from(&mut buf) => {
+                    // Only the listed servers are heard; the rest is noise (or spoofing).
+                    if let Ok((n, from)) = r.map(|(n, from)| (n, self.servers.contains(&from).then_some(from))) {
+                        let Some(_) = from else { continue };
                         self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
                         self.core.handle_datagram(Instant::now(), &buf[..n]);
                     }
@@ -292,9 +346,8 @@ impl Driver {
                     if let Ok((server_salt, params, result)) = done {
                         match result {
                             Ok(keys) => {
-                                if let Ok(mut c) = self.cache.lock() {
-                                    *c = Some(CachedKeys { server_salt, params, keys: keys.clone() });
-                                }
+                                let serial = self.serial.clone();
+                                self.cache.put(CachedKeys { serial, server_salt, params, keys: keys.clone() });
                                 self.core.set_keys(Instant::now(), server_salt, params, keys);
                             }
                             Err(e) => {
@@ -374,11 +427,11 @@ impl Driver {
                 DenyReason::Expired => AcquireError::Expired,
             }),
             Event::UnknownLicense => {
-                let server = self.server;
+                let server = self.server();
                 self.fail(AcquireError::UnknownLicense(server));
             }
             Event::Unreachable => {
-                let server = self.server;
+                let server = self.server();
                 self.fail(AcquireError::Unreachable(server));
                 if self.granted.is_none() && self.core.lease_id().is_some() {
                     tracing::warn!("license server {server} is not answering; still trying");

@@ -275,28 +275,52 @@ fn merge_type(
         (None, Some(b)) => b.heartbeat,
         (None, None) => DEFAULT_HEARTBEAT,
     };
-    let show = |d: Duration| humantime::format_duration(d).to_string();
+    check_lease_ttl("lease_ttl", lease_ttl).map_err(err)?;
+    check_heartbeat("heartbeat", heartbeat).map_err(err)?;
+    check_timers(("heartbeat", heartbeat), ("lease_ttl", lease_ttl)).map_err(err)?;
+    Ok(LicenseType { name: name.to_owned(), seats, validity, lease_ttl, heartbeat })
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The bounds of a lease TTL, from a license type or `serve --lease-ttl` (named `what`).
+pub fn check_lease_ttl(what: &str, lease_ttl: Duration) -> Result<(), String> {
     if lease_ttl < MIN_LEASE_TTL {
-        return Err(err(format!("lease_ttl ({}) must be at least {}", show(lease_ttl), show(MIN_LEASE_TTL))));
+        return Err(format!("{what} ({}) must be at least {}", show(lease_ttl), show(MIN_LEASE_TTL)));
     }
     if lease_ttl > MAX_LEASE_TTL {
-        return Err(err(format!(
-            "lease_ttl ({}) must be at most {} (the protocol carries it in 32-bit milliseconds)",
+        return Err(format!(
+            "{what} ({}) must be at most {} (the protocol carries it in 32-bit milliseconds)",
             show(lease_ttl),
             show(MAX_LEASE_TTL)
-        )));
+        ));
     }
+    Ok(())
+}
+
+/// The bounds of a heartbeat interval, from a license type or `serve --heartbeat`.
+pub fn check_heartbeat(what: &str, heartbeat: Duration) -> Result<(), String> {
     if heartbeat < MIN_HEARTBEAT {
-        return Err(err(format!("heartbeat ({}) must be at least {}", show(heartbeat), show(MIN_HEARTBEAT))));
+        return Err(format!("{what} ({}) must be at least {}", show(heartbeat), show(MIN_HEARTBEAT)));
     }
-    if heartbeat >= lease_ttl {
-        return Err(err(format!(
-            "heartbeat ({}) must be shorter than lease_ttl ({}); a third of it or less lets a client miss heartbeats without losing its seat",
-            show(heartbeat),
-            show(lease_ttl)
-        )));
+    Ok(())
+}
+
+/// A heartbeat must come well within the lease TTL it renews; each is named with where it
+/// comes from.
+pub fn check_timers(heartbeat: (&str, Duration), lease_ttl: (&str, Duration)) -> Result<(), String> {
+    if heartbeat.1 >= lease_ttl.1 {
+        return Err(format!(
+            "{} ({}) must be shorter than {} ({}); a third of it or less lets a client miss heartbeats without losing its seat",
+            heartbeat.0,
+            show(heartbeat.1),
+            lease_ttl.0,
+            show(lease_ttl.1)
+        ));
     }
-    Ok(LicenseType { name: name.to_owned(), seats, validity, lease_ttl, heartbeat })
+    Ok(())
 }
 
 fn check_kdf(path: &Path, raw: RawKdf) -> Result<KdfParams, ConfigError> {

@@ -49,7 +49,9 @@
 //!   [`proto::client::ClientCore`]. It takes `now` and bytes and returns bytes and deadlines.
 //! - [`server`] and [`client`]: the thin tokio layers around the two cores.
 //! - [`store`]: the SQLite data dir (accounts, licenses, leases, server secrets).
-//! - [`config`]: license types. [`activation`]: the user's saved serial.
+//! - [`config`]: license types. [`activation`]: the user's saved serial. [`locate`]: which
+//!   serial and servers a client uses by default; [`exit_code`]: the codes the CLI and the C
+//!   library share.
 //! - [`http`]: the admin's dashboard, JSON API and `/metrics`, off the UDP hot path;
 //!   [`status`] is the one model of "who holds what" behind them and `lic-udp status`;
 //!   [`metrics`] renders Prometheus text.
@@ -59,13 +61,16 @@ pub mod activation;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod exit_code;
 pub mod http;
+pub mod locate;
 pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod usage;
 
 pub use client::{AcquireError, CachedKeys, Client, GrantInfo, Seat, SeatStatus};
 pub use proto::keys::Serial;

@@ -43,7 +43,7 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    fn write(&self, out: &mut String, name: &str, help: &str) {
+    pub fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0u64;
         for (i, c) in self.counts.iter().enumerate() {
@@ -107,7 +107,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     counter(
         &mut out,
         "lic_udp_denials_total",
-        "PROOFs answered with a DENY, by reason.",
+        "Seat requests refused, by reason: PROOFs answered with a DENY, and holders told at a heartbeat that their license was revoked or expired (their seat ends then).",
         &[
             ("reason=\"full\"", st.denied_full),
             ("reason=\"busy\"", st.denied_busy),
@@ -139,7 +139,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     counter(
         &mut out,
         "lic_udp_dropped_total",
-        "Datagrams refused, by cause; stale are heartbeats for a lease the server does not have (answered STALE).",
+        "Datagrams refused, by cause; stale are heartbeats for a lease the server does not have (answered STALE); reply_limit are HELLOs, PROOFs and heartbeats left unanswered because their source address used up its allowance of unauthenticated replies.",
         &[
             ("cause=\"malformed\"", st.dropped_malformed),
             ("cause=\"direction\"", st.dropped_direction),
@@ -150,6 +150,19 @@ pub fn render(s: &Snapshot<'_>) -> String {
             ("cause=\"throttled_license\"", st.dropped_throttled_license),
             ("cause=\"replay\"", st.dropped_replay),
             ("cause=\"stale\"", st.stale),
+            ("cause=\"reply_limit\"", st.dropped_reply_limit),
+        ],
+    );
+    counter(
+        &mut out,
+        "lic_udp_cluster_total",
+        "Several servers (etcd store): seats taken over from another node keeping their lease id; heartbeats \
+         answered STALE because this node's etcd lease might lapse within an ACK's promise (the ACK gate); grants \
+         etcd refused because the license filled up on another node first.",
+        &[
+            ("event=\"takeover\"", st.takeovers),
+            ("event=\"stale_gated\"", st.stale_gated),
+            ("event=\"refused_full\"", st.refused_by_store),
         ],
     );
     counter(
@@ -199,5 +212,13 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
         assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn replies_withheld_by_the_reply_limit_are_exported() {
+        let h = Histogram::default();
+        let stats = StatsSnapshot { dropped_reply_limit: 7, ..StatsSnapshot::default() };
+        let out = render(&Snapshot { stats, seats: HashMap::new(), live_leases: 0, heartbeat_time: &h });
+        assert!(out.contains("lic_udp_dropped_total{cause=\"reply_limit\"} 7\n"), "{out}");
     }
 }

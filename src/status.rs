@@ -8,12 +8,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::server::{LeaseView, RestoredLease};
-use crate::store::LicenseRow;
+use crate::store::{LicenseRow, RecordedHolder};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
     /// `live` when the running server answered, `store` when read from the data dir (holders
-    /// as last recorded; last heartbeats unknown).
+    /// as last recorded; last heartbeats unknown), `etcd` when read from a cluster's etcd (every
+    /// node's holders; last heartbeats only of the answering node's own).
     pub source: String,
     pub licenses: Vec<LicenseStatus>,
 }
@@ -46,6 +47,9 @@ pub struct Holder {
     pub last_heartbeat: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// The cluster node that holds it (etcd store only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 pub fn rfc3339(unix: u64) -> String {
@@ -60,6 +64,7 @@ fn holder(l: &RestoredLease, live: Option<&LeaseView>) -> Holder {
         since: rfc3339(l.since_unix),
         last_heartbeat: live.map(|v| rfc3339(v.last_heartbeat_unix)),
         expires_in_ms: live.map(|v| v.expires_in_ms),
+        node: None,
     }
 }
 
@@ -69,6 +74,36 @@ pub enum Holders<'a> {
     Live(&'a [LeaseView]),
     /// The store's grant journal, as last recorded.
     Recorded(&'a [RestoredLease]),
+}
+
+/// A cluster node's status: every node's holders as etcd records them, with the live heartbeat
+/// figures of those this node holds (`me`). A holder of another node shows no last heartbeat:
+/// only that node knows it.
+pub fn build_shared(
+    licenses: Vec<LicenseRow>,
+    recorded: &[RecordedHolder],
+    local: &[LeaseView],
+    me: &str,
+    now_unix: u64,
+) -> Status {
+    let leases: Vec<RestoredLease> = recorded.iter().map(|h| h.lease.clone()).collect();
+    let mut st = build(licenses, Holders::Recorded(&leases), now_unix);
+    st.source = "etcd".to_owned();
+    let nodes: std::collections::HashMap<u64, &str> =
+        recorded.iter().filter_map(|h| Some((h.lease.lease_id, h.node.as_deref()?))).collect();
+    let live: std::collections::HashMap<u64, &LeaseView> =
+        local.iter().map(|v| (v.lease.lease_id, v)).collect();
+    for h in st.licenses.iter_mut().flat_map(|l| l.holders.iter_mut()) {
+        let Ok(id) = u64::from_str_radix(&h.lease, 16) else { continue };
+        h.node = nodes.get(&id).map(|n| (*n).to_owned());
+        if h.node.as_deref() == Some(me) {
+            if let Some(v) = live.get(&id) {
+                h.last_heartbeat = Some(rfc3339(v.last_heartbeat_unix));
+                h.expires_in_ms = Some(v.expires_in_ms);
+            }
+        }
+    }
+    st
 }
 
 /// Builds the status of `licenses` (already filtered to what the viewer may see).

@@ -5,9 +5,10 @@
 //! `target/tmp/monitor.png`.
 //!
 //! Needs /usr/bin/chromium and /usr/bin/chromedriver (`apt-get install chromium
-//! chromium-driver`; `.ci/run` installs them). Without them the test prints SKIPPED and
-//! returns, unless LIC_UDP_BROWSER_REQUIRED=1, which `.ci/run` sets once the install worked:
-//! then a missing browser fails the test instead of passing it silently.
+//! chromium-driver`; `.ci/run` installs them). Without them `cargo test` lists the test as
+//! ignored, with the reason (`cfg(missing_chromium)` from build.rs), unless CI=true or
+//! LIC_UDP_BROWSER_REQUIRED=1 (which `.ci/run` sets once the install worked): then a missing
+//! browser fails the test instead of passing it silently. See tests/common/tools.rs.
 
 mod common;
 
@@ -29,20 +30,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn browser_present() -> bool {
-    let present = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if !present {
-        if std::env::var("LIC_UDP_BROWSER_REQUIRED").is_ok_and(|v| v == "1") {
-            panic!("LIC_UDP_BROWSER_REQUIRED=1 but {CHROMIUM} or {CHROMEDRIVER} is missing");
-        }
-        eprintln!(
-            "SKIPPED browser_end_to_end: {CHROMIUM} or {CHROMEDRIVER} is missing \
-             (apt-get install chromium chromium-driver)"
-        );
-    }
-    present
 }
 
 fn free_tcp_port() -> u16 {
@@ -117,8 +104,12 @@ async fn holder_leases(c: &Client) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing_chromium,
+    ignore = "needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)"
+)]
 async fn browser_end_to_end() {
-    if !browser_present() {
+    if !tools::require(&tools::CHROMIUM, "browser_end_to_end") {
         return;
     }
     let dir = data_dir();
@@ -204,6 +195,20 @@ async fn browser_end_to_end() {
     })
     .await;
     assert!(run.0.try_wait().expect("try_wait").is_none(), "lic-udp run kept running");
+
+    // The usage page, reached from the header, draws the license's day: a held seat, as SVG
+    // the browser lays out (a chart with a real size, not just markup).
+    c.find(Locator::LinkText("Usage")).await.expect("Usage link").click().await.expect("click");
+    until("the usage page", Duration::from_secs(10), || async {
+        c.current_url().await.is_ok_and(|u| u.path() == "/usage")
+    })
+    .await;
+    let chart = c.find(Locator::Css("section.license-usage svg.usage")).await.expect("a usage chart");
+    let (_, _, w, h) = chart.rectangle().await.expect("layout");
+    assert!(w > 100.0 && h > 50.0, "the chart is laid out: {w}×{h}");
+    let caption = c.find(Locator::Css("section.license-usage figcaption")).await.expect("caption");
+    let caption = caption.text().await.expect("text");
+    assert!(caption.starts_with("last 24 hours: peak 1 of"), "{caption}");
 
     let _ = c.close().await;
     drop(srv);

@@ -290,8 +290,9 @@ fn force_release_frees_the_seat_and_the_holder_comes_back() {
         run.try_wait().expect("try_wait").is_none(),
         "lic-udp run must keep running through a force-release"
     );
-    // The audit log names who did it; the commit lags by at most a housekeeping tick.
-    assert!(wait_for(Duration::from_secs(5), || {
+    // The audit log names who did it; the commit lags by at most a housekeeping tick (bound
+    // generous for a loaded machine).
+    assert!(wait_for(Duration::from_secs(15), || {
         let (_, log) = api(&d, "GET", &format!("/api/log?license={lic}"), Some(&bob), None);
         log.as_array()
             .expect("entries")
@@ -438,8 +439,18 @@ fn sign_in_sets_a_strict_cookie_checks_csrf_and_throttles() {
     assert!(html.contains("No licenses yet"), "{html}");
     let page_csrf = field(&html, "csrf").to_owned();
 
-    // Issue from the page: the serial is shown once, with no caching.
-    let r = form_post(&d, "/issue", &session, &[("type", "team"), ("seats", "3"), ("csrf", &page_csrf)]);
+    // Issue from the page: redirected to the serial, shown once, with no caching.
+    let form = agent().get(&format!("{}/issue", d.url)).set("Cookie", &session).call().expect("issue page");
+    let once = field(&form.into_string().expect("html"), "form").to_owned();
+    let r = form_post(
+        &d,
+        "/issue",
+        &session,
+        &[("type", "team"), ("seats", "3"), ("csrf", &page_csrf), ("form", &once)],
+    );
+    assert_eq!(r.status(), 303);
+    let to = r.header("location").expect("location").to_owned();
+    let r = agent().get(&format!("{}{to}", d.url)).set("Cookie", &session).call().expect("issued page");
     assert_eq!(r.status(), 200);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let html = r.into_string().expect("html");
@@ -497,13 +508,29 @@ fn metrics_are_valid_prometheus_text_with_live_figures() {
     let serial = issue(dir.path(), "alice", "team", Some(2));
     let mut run = holder(&d, &serial);
     assert!(wait_for(Duration::from_secs(20), || in_use(dir.path(), 1) == 1));
-    // A few heartbeats at 500 ms, and one datagram of garbage.
+    // A few heartbeats at 500 ms, and one datagram of garbage: waited for as counts on
+    // /metrics, not for a fixed time.
     let junk = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     junk.send_to(b"garbage", d.srv.addr).expect("send");
-    std::thread::sleep(Duration::from_millis(1500));
-    let body = agent().get(&format!("{}/metrics", d.url)).call().expect("metrics");
-    assert!(body.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
-    let body = body.into_string().expect("text");
+    let scrape_text = || {
+        let r = agent().get(&format!("{}/metrics", d.url)).call().expect("metrics");
+        assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+        r.into_string().expect("text")
+    };
+    let count = |body: &str, prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut body = String::new();
+    let ready = wait_for(Duration::from_secs(15), || {
+        body = scrape_text();
+        count(&body, "lic_udp_heartbeats_total") >= 2.0
+            && count(&body, "lic_udp_dropped_total{cause=\"malformed\"}") >= 1.0
+    });
+    assert!(ready, "two heartbeats and the garbage never showed:\n{body}");
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("valid Prometheus text");
     let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
@@ -583,4 +610,241 @@ fn logs_are_json_lines_on_request_and_never_show_a_serial() {
     let issued_line: Value = serde_json::from_str(seen.last().expect("line")).expect("json");
     assert_eq!(issued_line["fields"]["user"], "alice");
     assert_eq!(issued_line["fields"]["license"], 1);
+}
+
+// ---- issue 11: sessions, forms and the audit API.
+
+/// Signs `user` in through the form; returns the session cookie pair and the pages' CSRF token.
+fn sign_in(d: &Dash, user: &str) -> (String, String) {
+    let r = agent().get(&format!("{}/login", d.url)).call().expect("login page");
+    let cookie = set_cookies(&r).into_iter().find(|c| c.starts_with("lu_login_csrf=")).expect("csrf cookie");
+    let cookie = cookie.split(';').next().expect("pair").to_owned();
+    let html = r.into_string().expect("html");
+    let csrf = field(&html, "csrf").to_owned();
+    let r = form_post(d, "/login", &cookie, &[("user", user), ("password", PASSWORD), ("csrf", &csrf)]);
+    assert_eq!(r.status(), 303, "sign-in of {user}");
+    let session = set_cookies(&r).into_iter().find(|c| c.starts_with("lu_session=")).expect("session cookie");
+    let session = session.split(';').next().expect("pair").to_owned();
+    let html = page_get(d, "/monitor", &session).1;
+    (session.clone(), field(&html, "csrf").to_owned())
+}
+
+/// (status, body) of a page GET with a cookie, redirects not followed.
+fn page_get(d: &Dash, path: &str, cookie: &str) -> (u16, String) {
+    let r = match agent().get(&format!("{}{path}", d.url)).set("Cookie", cookie).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    (r.status(), r.into_string().expect("body"))
+}
+
+fn whoami_by_session(d: &Dash, session: &str) -> (u16, Value) {
+    let r = match agent().get(&format!("{}/api/whoami", d.url)).set("Cookie", session).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("whoami: {e}"),
+    };
+    (r.status(), r.into_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_demoted_or_removed_account_loses_what_its_session_had() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    add_user(dir.path(), "bob");
+    let d = start(dir.path());
+    let o = run_with_stdin(
+        lic(&[
+            "user",
+            "add",
+            "--user",
+            "carol",
+            "--admin",
+            "--password-stdin",
+            "--data-dir",
+            dir.path().to_str().expect("utf8"),
+        ]),
+        PASSWORD,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let (carol, _) = sign_in(&d, "carol");
+    let (bob, _) = sign_in(&d, "bob");
+    assert_eq!(whoami_by_session(&d, &carol).1["admin"], true);
+    // Changed behind the server's back, as an admin editing the database would.
+    let db = rusqlite::Connection::open(dir.path().join("lic-udp.db")).expect("db");
+    db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    db.execute("UPDATE users SET admin = 0 WHERE name = 'carol'", []).expect("demote");
+    db.execute("DELETE FROM users WHERE name = 'bob'", []).expect("remove");
+    let (s, who) = whoami_by_session(&d, &carol);
+    assert_eq!((s, &who["admin"]), (200, &json!(false)), "{who}");
+    let (s, _) = whoami_by_session(&d, &bob);
+    assert_eq!(s, 401, "a removed account's session ends");
+    let (s, _) = page_get(&d, "/monitor", &bob);
+    assert_eq!(s, 303);
+}
+
+#[test]
+fn logout_without_the_csrf_token_changes_nothing() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = start(dir.path());
+    let (session, csrf) = sign_in(&d, "alice");
+    // As another site's form would post it: the cookie rides along, the token cannot.
+    let r = form_post(&d, "/logout", &session, &[]);
+    assert_eq!(r.status(), 403);
+    assert!(set_cookies(&r).iter().all(|c| !c.starts_with("lu_session=")), "{:?}", set_cookies(&r));
+    assert_eq!(page_get(&d, "/monitor", &session).0, 200, "still signed in");
+    let r = form_post(&d, "/logout", &session, &[("csrf", &csrf)]);
+    assert_eq!(r.status(), 303);
+    assert_eq!(page_get(&d, "/monitor", &session).0, 303, "signed out");
+}
+
+#[test]
+fn the_issue_form_redirects_after_post_and_a_resubmit_issues_nothing() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = start(dir.path());
+    let (session, _) = sign_in(&d, "alice");
+    let form = page_get(&d, "/issue", &session).1;
+    let (csrf, once) = (field(&form, "csrf").to_owned(), field(&form, "form").to_owned());
+    let fields = [("type", "team"), ("seats", "3"), ("csrf", csrf.as_str()), ("form", once.as_str())];
+    let r = form_post(&d, "/issue", &session, &fields);
+    assert_eq!(r.status(), 303, "redirect after POST");
+    let to = r.header("location").expect("location").to_owned();
+    let (s, html) = page_get(&d, &to, &session);
+    assert_eq!(s, 200);
+    assert!(html.contains("id=\"serial\""), "{html}");
+    // A reload of the result shows no serial again, and a resubmitted form issues nothing.
+    let (_, again) = page_get(&d, &to, &session);
+    assert!(!again.contains("id=\"serial\""), "{again}");
+    let r = form_post(&d, "/issue", &session, &fields);
+    assert_ne!(r.status(), 303);
+    let (_, st) = api(&d, "GET", "/api/status", Some(&d.local_token), None);
+    assert_eq!(st["licenses"].as_array().expect("licenses").len(), 1, "{st}");
+}
+
+#[test]
+fn unknown_pages_are_html_for_browsers_and_json_under_api() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = start(dir.path());
+    let r = match agent().get(&format!("{}/nope", d.url)).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(r.status(), 404);
+    assert!(r.content_type().starts_with("text/html"), "{}", r.content_type());
+    let (s, v) = api(&d, "GET", "/api/nope", Some(&d.local_token), None);
+    assert_eq!(s, 404);
+    assert!(v["error"].is_string(), "{v}");
+}
+
+#[test]
+fn a_failed_sign_in_is_logged_with_its_source_address() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    let d = start(dir.path());
+    let r = agent().get(&format!("{}/login", d.url)).call().expect("login page");
+    let cookie = set_cookies(&r).into_iter().find(|c| c.starts_with("lu_login_csrf=")).expect("cookie");
+    let cookie = cookie.split(';').next().expect("pair").to_owned();
+    let csrf = field(&r.into_string().expect("html"), "csrf").to_owned();
+    let r = form_post(&d, "/login", &cookie, &[("user", "alice"), ("password", "wrong"), ("csrf", &csrf)]);
+    assert_eq!(r.status(), 401);
+    let mut line = String::new();
+    let found = wait_for(Duration::from_secs(5), || {
+        while let Ok(l) = d.srv.log.try_recv() {
+            if l.contains("failed dashboard sign-in") {
+                line = l;
+                return true;
+            }
+        }
+        false
+    });
+    assert!(found, "no failed sign-in line");
+    assert!(line.contains("127.0.0.1"), "{line}");
+}
+
+#[test]
+fn api_log_filters_and_pages_before_it_limits() {
+    let dir = data_dir();
+    add_user(dir.path(), "alice");
+    add_user(dir.path(), "bob");
+    let d = start(dir.path());
+    let (alice, bob) = (token(dir.path(), "alice"), token(dir.path(), "bob"));
+    let (_, b) = api(&d, "POST", "/api/licenses", Some(&bob), Some(json!({"type": "team"})));
+    let bob_lic = b["id"].as_i64().expect("id");
+    for _ in 0..5 {
+        let (s, _) = api(&d, "POST", "/api/licenses", Some(&alice), Some(json!({"type": "team"})));
+        assert_eq!(s, 200);
+    }
+    // Bob's one event is older than alice's five; a page of 2 still finds it.
+    let (s, log) = api(&d, "GET", "/api/log?limit=2", Some(&bob), None);
+    assert_eq!(s, 200);
+    let log = log.as_array().expect("entries").clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["license"], bob_lic);
+    // Paging with after= walks every event once, in order.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    for _ in 0..10 {
+        let (_, page) = api(&d, "GET", &format!("/api/log?after={after}&limit=2"), Some(&alice), None);
+        let page = page.as_array().expect("entries").clone();
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            seen.push(e["seq"].as_i64().expect("seq"));
+        }
+        after = *seen.last().expect("seq");
+    }
+    let (_, all) = api(&d, "GET", "/api/log", Some(&alice), None);
+    let all: Vec<i64> =
+        all.as_array().expect("entries").iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    assert_eq!(all.len(), 6);
+    assert_eq!(seen, all, "pages skipped or repeated events");
+    // One set of field names: the CLI's CSV header is the API's keys.
+    let o = output(lic(&["log", "--csv", "--data-dir", dir.path().to_str().expect("utf8")]));
+    let header: Vec<String> =
+        text(&o.stdout).lines().next().expect("header").split(',').map(str::to_owned).collect();
+    let (_, log) = api(&d, "GET", "/api/log?limit=1", Some(&alice), None);
+    let mut keys: Vec<String> = log[0].as_object().expect("object").keys().cloned().collect();
+    let mut want = header.clone();
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want);
+    assert!(log[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')), "RFC 3339 like the CSV: {}", log[0]);
+}
+
+/// `/usage` draws, per license the account may see, the day's and the week's seats held against
+/// the seat count, with denials marked; signed-out visitors go to the sign-in page.
+#[test]
+fn the_usage_page_draws_seats_held_and_denials() {
+    let dir = common::data_dir();
+    add_user(dir.path(), "alice");
+    add_plain_user(dir.path(), "bob");
+    let serial = issue(dir.path(), "alice", "team", Some(1));
+    issue(dir.path(), "bob", "team", Some(1));
+    let d = start(dir.path());
+    let mut h = holder(&d, &serial);
+    assert!(common::wait_for(Duration::from_secs(10), || common::in_use(dir.path(), 1) == 1), "held");
+    let o = output(lic(&["verify", "--serial", &serial, "--server", &d.srv.server_arg()]));
+    assert_eq!(code(&o), 1, "the second is refused: {}", text(&o.stderr));
+    let (status, _) = page_get(&d, "/usage", "");
+    assert_eq!(status, 303, "signed out: to the sign-in page");
+    let (session, _) = sign_in(&d, "alice");
+    // Denials reach the log a moment after they are sent.
+    let drawn = common::wait_for(Duration::from_secs(10), || {
+        page_get(&d, "/usage", &session).1.contains("peak 1 of 1, 1 denied")
+    });
+    let (status, html) = page_get(&d, "/usage", &session);
+    assert!(drawn, "{html}");
+    assert_eq!(status, 200);
+    assert!(html.contains("<svg class=\"usage\""), "{html}");
+    assert!(html.contains("class=\"denied\""), "a denial is marked: {html}");
+    assert_eq!(html.matches("data-license=").count(), 2, "an admin sees both licenses: {html}");
+    let (bob, _) = sign_in(&d, "bob");
+    let (_, html) = page_get(&d, "/usage", &bob);
+    assert_eq!(html.matches("data-license=").count(), 1, "bob sees his own only: {html}");
+    assert!(html.contains("peak 0 of 1, 0 denied"), "{html}");
+    let _ = h.kill();
+    let _ = h.wait();
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hostile_util::*;
 use lic_udp::proto::wire::{self, Cookie, Message, MsgType, FLAG_RELEASE};
-use lic_udp::{AcquireError, Seat, SeatStatus};
+use lic_udp::{AcquireError, Client, Seat, SeatStatus};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
@@ -310,10 +310,11 @@ fn replay_of_a_recorded_session_changes_nothing() {
         let freed_at = freed_at.expect("the silent lease expired despite the replays");
         let late = freed_at.saturating_duration_since(last_hb + TTL);
         println!("silent lease freed {late:?} after last heartbeat + TTL, under {i} replays");
-        // The server sweeps every 250 ms; allow that plus scheduling slack. An accepted replay
-        // would have renewed the lease by a whole TTL (3 s), and the replays never stop until
-        // the seat is free; the heartbeat counter below is the exact check.
-        assert!(late <= Duration::from_secs(1), "replays kept the lease {late:?} past its TTL");
+        // The server sweeps every 250 ms; allow that plus generous scheduling slack for a loaded
+        // machine, still short of the whole TTL (3 s) an accepted replay would have renewed the
+        // lease by. The replays never stop until the seat is free, and the heartbeat counter
+        // below is the exact check.
+        assert!(late <= Duration::from_secs(2), "replays kept the lease {late:?} past its TTL");
         assert!(freed_at >= last_hb + TTL - Duration::from_millis(100), "freed before its TTL");
         // The relay address may get A2's own GRANT again (a retransmitted PROOF, §4 step 5)
         // while the lease lives, byte for byte, and nothing else.
@@ -984,7 +985,8 @@ fn distributed_guessing_against_one_license_is_bounded_by_its_budget() {
         // Wait until the license's budget is spent, so the newcomer below competes with it.
         let spent = Instant::now();
         while srv.stats().dropped_throttled_license == before.dropped_throttled_license {
-            assert!(spent.elapsed() < Duration::from_secs(5), "the license's budget was never spent");
+            // Generous: the attacker's 480 guesses take about 3 s to send; spent long before.
+            assert!(spent.elapsed() < Duration::from_secs(20), "the license's budget was never spent");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let newcomer = srv
@@ -1096,7 +1098,14 @@ struct Flood {
 
 /// Garbage at the highest rate one thread can send: a pool made in advance, sent in batches of
 /// 64 with `sendmmsg` (fewer system calls per datagram than `send_to`, so a faster flood).
-fn garbage_flood(server: SocketAddr, seeds: &Seeds, stop: Arc<AtomicBool>) -> Flood {
+/// `progress` is kept at the count sent so far, so the test can wait for a number of datagrams
+/// rather than assume a send rate.
+fn garbage_flood(
+    server: SocketAddr,
+    seeds: &Seeds,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> Flood {
     use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
     use std::io::IoSlice;
     use std::os::fd::AsRawFd;
@@ -1119,6 +1128,7 @@ fn garbage_flood(server: SocketAddr, seeds: &Seeds, stop: Arc<AtomicBool>) -> Fl
                     let k = r.count() as u64;
                     sent += k;
                     failed += chunk.len() as u64 - k;
+                    progress.store(sent, Ordering::Relaxed);
                 }
                 Err(_) => failed += chunk.len() as u64,
             }
@@ -1148,6 +1158,8 @@ fn garbage_flood(server: SocketAddr, seeds: &Seeds, stop: Arc<AtomicBool>) -> Fl
 fn garbage_flood_does_not_starve_heartbeats() {
     run(async {
         const FLOOD: Duration = Duration::from_secs(8);
+        const FLOOD_MIN: u64 = 100_000;
+        const FLOOD_CAP: Duration = Duration::from_secs(60);
         const TTL: Duration = Duration::from_secs(6);
         const HB: Duration = Duration::from_millis(1500);
         let fds = fd_limit();
@@ -1198,12 +1210,18 @@ fn garbage_flood_does_not_starve_heartbeats() {
         let drops_before = kernel_drops(srv.addr);
         phase.store(1, Ordering::SeqCst);
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
         let flood_thread = {
-            let (addr, stop) = (srv.addr, stop.clone());
-            std::thread::spawn(move || garbage_flood(addr, &flood_seeds, stop))
+            let (addr, stop, progress) = (srv.addr, stop.clone(), progress.clone());
+            std::thread::spawn(move || garbage_flood(addr, &flood_seeds, stop, progress))
         };
         let flood_start = Instant::now();
         tokio::time::sleep(FLOOD).await;
+        // At least FLOOD_MIN datagrams, however long a loaded machine takes to send them: the
+        // property is about surviving that many, not about this machine's send rate.
+        while progress.load(Ordering::Relaxed) < FLOOD_MIN && flood_start.elapsed() < FLOOD_CAP {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         stop.store(true, Ordering::SeqCst);
         let flood_secs = flood_start.elapsed().as_secs_f64();
         let after = srv.stats();
@@ -1253,7 +1271,7 @@ fn garbage_flood_does_not_starve_heartbeats() {
             percentile(&fl, 0.99),
             fl.last().copied().unwrap_or_default(),
         );
-        assert!(flood.sent > 100_000, "the flood sent only {} datagrams", flood.sent);
+        assert!(flood.sent >= FLOOD_MIN, "the flood sent only {} datagrams in {FLOOD_CAP:?}", flood.sent);
         // The reply limit held: the flooding socket got at most a burst plus the rate.
         let limit =
             lic_udp::proto::ratelimit::BURST as f64 + lic_udp::proto::ratelimit::RATE as f64 * flood_secs;
@@ -1276,5 +1294,76 @@ fn garbage_flood_does_not_starve_heartbeats() {
         assert_eq!(expired, 0, "the server expired leases during the flood");
         srv.stop().await;
         drop(seats);
+    });
+}
+
+/// Issue 11 item 11: before answering UNKNOWN the server rereads its store (a license issued a
+/// moment ago). It must still handle the PROOF once: handled twice, it charged the address's
+/// guessing budget and the reply limit twice.
+#[test]
+fn a_proof_for_an_unknown_license_is_handled_once_when_the_store_changed() {
+    run(async {
+        let srv = TestServer::start(1, Default::default()).await;
+        let (server, mut wrong) = (srv.addr, srv.keys.clone());
+        let other = lic_udp::Serial::parse("9999999999").expect("serial");
+        wrong.keys =
+            lic_udp::proto::keys::derive_license_keys(&other, &wrong.server_salt, wrong.params).expect("kdf");
+        let mut issuer = lic_udp::store::Store::open(srv.data_dir()).expect("second store handle");
+        let ty = issuer.site().get("team").cloned().expect("team type");
+        let before = srv.stats();
+        const ROUNDS: u64 = 3;
+        let answers = tokio::task::spawn_blocking(move || {
+            let mut answers = Vec::new();
+            for i in 0..ROUNDS {
+                let mut a = RawClient::new("127.0.0.1:0", server, &wrong, 40 + i);
+                a.flush();
+                let challenge = a.recv(Duration::from_secs(2)).expect("CHALLENGE");
+                a.core.handle_datagram(Instant::now(), &challenge);
+                let proof = a.take_queued().pop().expect("PROOF");
+                // The store changes just before the PROOF arrives, so the server rereads it.
+                issuer.issue("alice", &ty, Some(1), 0).expect("issue");
+                a.sock.send_to(&proof, server).expect("send PROOF");
+                answers.push(a.recv(Duration::from_secs(2)).and_then(|d| type_of(&d)));
+                // Past the server's pause between two rereads for an UNKNOWN.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            answers
+        })
+        .await
+        .expect("join");
+        let after = srv.stats();
+        assert_eq!(answers, vec![Some(MsgType::Unknown); ROUNDS as usize]);
+        assert_eq!(after.unknown_license - before.unknown_license, ROUNDS, "each PROOF handled once");
+        // ROUNDS HELLOs and ROUNDS PROOFs.
+        assert_eq!(after.received - before.received, 2 * ROUNDS, "each datagram handled once");
+        srv.stop().await;
+    });
+}
+
+/// Issue 11 item 2: one `Client` (or its clones) acquiring two licenses proves each with its
+/// own keys. The key cache was keyed by the server's salt and KDF parameters only, so the
+/// second acquisition proved the first license again and reported success.
+#[test]
+fn one_client_acquiring_two_licenses_proves_each_with_its_own_keys() {
+    run(async {
+        let srv = TestServer::start(2, Default::default()).await;
+        let mut issuer = lic_udp::store::Store::open(srv.data_dir()).expect("second store handle");
+        let ty = issuer.site().get("team").cloned().expect("team type");
+        let (b_id, b_serial) = issuer.issue("alice", &ty, Some(1), 0).expect("issue B");
+        let client = Client::new(srv.addr);
+        let a = client.acquire(&srv.serial).await.expect("seat of A");
+        let b = client.clone().acquire(&b_serial).await.expect("seat of B");
+        let seats = srv.core.seats_in_use();
+        assert_eq!(seats.get(&srv.license).copied(), Some(1), "license A: {seats:?}");
+        assert_eq!(seats.get(&b_id).copied(), Some(1), "license B: {seats:?}");
+        assert_eq!(client.cached_keys_for(&srv.serial).map(|k| k.keys), Some(srv.keys.keys.clone()));
+        assert!(client.cached_keys_for(&b_serial).is_some_and(|k| k.keys != srv.keys.keys));
+        // Keys given up front serve only their own serial.
+        let given = Client::new(srv.addr).with_cached_keys(srv.keys.clone());
+        let b2 = given.acquire(&b_serial).await;
+        assert!(matches!(b2, Err(AcquireError::Full { .. })), "B has one seat, taken: {b2:?}");
+        a.release().await;
+        b.release().await;
+        srv.stop().await;
     });
 }

@@ -1252,3 +1252,143 @@ fn the_monitor_shows_one_second_for_one_heartbeat() {
     }
     assert_eq!(shown.into_iter().collect::<Vec<_>>(), vec![1_700_000_000]);
 }
+
+#[test]
+fn replayed_proof_from_the_same_server_second_neither_rekeys_nor_revives() {
+    // Issue 11 item 1: two handshakes of one holder within one server second carry the same
+    // cookie `ts`. Replaying the first PROOF must not re-key the lease (the holder's
+    // heartbeats would then fail the MAC) nor bring back the lease once released.
+    let mut sim = single(32, 1);
+    let c = sim.add_client(SERIAL);
+    sim.run_for(ms(20));
+    let lease = sim.client(c).core.lease_id().expect("granted");
+    let (_, first_proof) = sim.client(c).sent_of(MsgType::Proof)[0].clone();
+    // A spoofed STALE: the holder re-handshakes, still within the server's first second.
+    sim.inject_to_client(c, &encode(Message::Stale(wire::Stale { lease_id: lease, epoch: 1 })));
+    sim.run_for(ms(20));
+    assert!(sim.elapsed() < secs(1), "both handshakes must share the cookie ts");
+    let proofs = sim.client(c).sent_of(MsgType::Proof);
+    assert_eq!(proofs.len(), 2);
+    let Message::Proof(p1) = decode(&first_proof) else { unreachable!() };
+    let Message::Proof(p2) = decode(&proofs[1].1) else { unreachable!() };
+    assert_eq!(p1.cookie.ts, p2.cookie.ts);
+    assert_eq!(sim.stats().regrants, 1);
+
+    let replays = sim.stats().dropped_replay;
+    assert_eq!(sim.inject(client_addr(c), &first_proof).0, Reply::None, "the replay was answered");
+    assert_eq!(sim.stats().dropped_replay, replays + 1);
+    assert_eq!(sim.stats().regrants, 1, "the replay re-keyed the lease");
+    sim.run_for(secs(40));
+    let cl = sim.client(c);
+    assert_eq!(cl.events_only().len(), 1, "{:?}", cl.events_only());
+    assert!(cl.core.is_holding());
+    assert_eq!(sim.stats().dropped_mac, 0);
+
+    // Released within the cookie's life, neither PROOF brings the lease back.
+    let mut sim = single(33, 1);
+    let c = sim.add_client(SERIAL);
+    sim.run_for(ms(20));
+    let lease = sim.client(c).core.lease_id().expect("granted");
+    let (_, first_proof) = sim.client(c).sent_of(MsgType::Proof)[0].clone();
+    sim.inject_to_client(c, &encode(Message::Stale(wire::Stale { lease_id: lease, epoch: 1 })));
+    sim.run_for(ms(20));
+    let (_, second_proof) = sim.client(c).sent_of(MsgType::Proof)[1].clone();
+    sim.with_client(c, |core, now| core.release(now));
+    sim.run_for(ms(20));
+    assert!(sim.elapsed() < secs(1));
+    assert_eq!(sim.seats(1), 0);
+    for proof in [&first_proof, &second_proof] {
+        let (r, _) = sim.inject(client_addr(c), proof);
+        sim.commit();
+        assert_eq!(r, Reply::None, "a replayed PROOF revived a released lease");
+        assert_eq!(sim.seats(1), 0);
+    }
+    // A new handshake of that instance within the same second is not a replay.
+    sim.reacquire(c);
+    sim.run_for(ms(20));
+    assert!(sim.elapsed() < secs(1));
+    assert_eq!(sim.client(c).count(is_granted), 2, "{:?}", sim.client(c).events_only());
+    assert_eq!(sim.seats(1), 1);
+}
+
+#[test]
+fn a_revoked_license_frees_each_seat_when_its_holder_is_told() {
+    // Issue 11 item 7: after a revocation the holder's next heartbeat gets ACK REVOKED; its
+    // seat must be free from then (status, monitor, seats gauge), its end journaled as a
+    // revocation, and counted with the revoked denials.
+    let mut sim = single(34, 2);
+    let a = sim.add_client(SERIAL);
+    let b = sim.add_client(SERIAL);
+    sim.run_for(secs(20));
+    assert_eq!(sim.seats(1), 2);
+    sim.update_license(1, |l| l.revoked = true);
+    let revoked_at = sim.now;
+    let told = |sim: &Sim, c: usize| sim.client(c).first(|e| *e == Event::Ended(DenyReason::Revoked));
+    sim.run_while_not(secs(30), |s| told(s, a).is_some() || told(s, b).is_some()).expect("a holder told");
+    let first_told = told(&sim, a).is_some() as usize + told(&sim, b).is_some() as usize;
+    assert_eq!(sim.seats(1), 2 - first_told, "a holder told of the revocation still holds a seat");
+    sim.run_while_not(secs(30), |s| told(s, a).is_some() && told(s, b).is_some()).expect("both told");
+    assert!(sim.now < revoked_at + secs(20), "told at their next heartbeat, not at expiry");
+    assert_eq!(sim.seats(1), 0);
+    assert_eq!(sim.server().live_leases(), 0);
+    assert_eq!(sim.server().lease_views(sim.now, 0).len(), 0);
+    sim.commit();
+    let ends = sim.store.iter().filter(|op| matches!(op, JournalOp::Remove { why: EndReason::Revoked, .. }));
+    assert_eq!(ends.count(), 2, "each end journaled as a revocation");
+    assert_eq!(EndReason::Revoked.event(), "revoke-end");
+    assert_eq!(sim.stats().denied_revoked, 2);
+    assert_eq!(sim.stats().expiries, 0);
+}
+
+#[test]
+fn release_retransmissions_back_off_and_stale_echoes_the_heartbeats_lease_id() {
+    // proto-spec.md §6 "release" and §5 step 2, as an independent client reads them.
+    let mut sim = single(35, 1);
+    let c = sim.add_client(SERIAL);
+    sim.run_for(secs(20));
+    let lease = sim.client(c).core.lease_id().expect("granted");
+    sim.s2c = Faults::dead();
+    let t = sim.now;
+    sim.with_client(c, |core, now| core.release(now));
+    sim.run_for(secs(20));
+    let sends: Vec<Instant> = sim
+        .client(c)
+        .sent_of(MsgType::Heartbeat)
+        .into_iter()
+        .filter(|(at, _)| *at >= t)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(sends.len(), 3, "3 transmissions in all");
+    let (g1, g2) = (sends[1] - sends[0], sends[2] - sends[1]);
+    // RTO then 2 × RTO, each jittered by [0.8, 1.2].
+    assert!(g2 > g1.mul_f64(1.3), "no backoff: {g1:?} then {g2:?}");
+    // The later RELEASEs reached a lease that is gone: STALE, echoing their lease_id.
+    let stale: Vec<Vec<u8>> = sim
+        .server_log
+        .iter()
+        .filter(|d| msg_type(&d.request) == Some(MsgType::Heartbeat))
+        .filter_map(|d| d.reply.clone())
+        .filter(|r| msg_type(r) == Some(MsgType::Stale))
+        .collect();
+    assert!(!stale.is_empty());
+    for s in stale {
+        let Message::Stale(st) = decode(&s) else { unreachable!() };
+        assert_eq!(st.lease_id, lease);
+    }
+}
+
+#[test]
+fn the_monitor_walk_and_a_single_lookup_agree() {
+    let mut sim = single(36, 3);
+    for _ in 0..3 {
+        sim.add_client(SERIAL);
+    }
+    sim.run_for(secs(20));
+    let views = sim.server().lease_views(sim.now, 1_000_000);
+    assert_eq!(views.len(), 3);
+    assert_eq!(sim.server().holders().len(), 3);
+    for v in &views {
+        assert_eq!(sim.server().lease_view_of(sim.now, 1_000_000, v.lease.lease_id).as_ref(), Some(v));
+    }
+    assert_eq!(sim.server().lease_view_of(sim.now, 1_000_000, 0xdead), None);
+}

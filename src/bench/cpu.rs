@@ -89,10 +89,16 @@ mod tests {
         let h = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                // Spin until the thread itself has used 30 ms of CPU (not for a wall time: on a
+                // loaded machine 100 ms of wall time gave it only 17 ms), at most 10 s.
                 let start = std::time::Instant::now();
                 let mut x = 0u64;
-                while start.elapsed() < std::time::Duration::from_millis(100) {
-                    x = x.wrapping_mul(31).wrapping_add(1);
+                while current_thread_cpu_seconds().is_some_and(|c| c < 0.03)
+                    && start.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_mul(31).wrapping_add(1);
+                    }
                 }
                 let cpu = threads_cpu_seconds(name);
                 std::hint::black_box(x);

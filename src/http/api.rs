@@ -28,18 +28,17 @@ pub(super) async fn method_not_allowed() -> Error {
     Error::MethodNotAllowed
 }
 
-pub(super) async fn not_found() -> Error {
-    Error::NotFound("no such page or API route; see README.md, \"JSON API\"".into())
-}
-
 pub(super) async fn metrics(state: State) -> impl IntoResponse {
     let core = &state.core;
-    let text = metrics::render(&metrics::Snapshot {
+    let mut text = metrics::render(&metrics::Snapshot {
         stats: core.stats().snapshot(),
         seats: core.seats(),
         live_leases: core.live_leases(),
         heartbeat_time: &state.heartbeat_time,
     });
+    if let Some(node) = &state.node {
+        super::node::write_health(&mut text, node);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
@@ -56,11 +55,17 @@ pub(super) async fn whoami(state: State, headers: HeaderMap) -> Result<Json<WhoA
 
 /// The live status of the licenses `p` may see.
 pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> Result<Status, Error> {
-    let licenses = state.store(|s| s.licenses()).await?;
+    let (licenses, shared) =
+        state.store(|s| Ok((s.licenses()?, s.shared().then(|| s.holders()).transpose()?))).await?;
     let licenses = licenses.into_iter().filter(|l| p.may_see(&l.owner)).collect();
     let (now, unix_ms) = state.now();
     let views = state.core.lease_views(now, unix_ms);
-    Ok(status::build(licenses, status::Holders::Live(&views), unix_ms / 1000))
+    Ok(match (shared, &state.node) {
+        (Some(recorded), Some(node)) => {
+            status::build_shared(licenses, &recorded, &views, &node.cfg.node_id, unix_ms / 1000)
+        }
+        _ => status::build(licenses, status::Holders::Live(&views), unix_ms / 1000),
+    })
 }
 
 pub(super) async fn status(state: State, headers: HeaderMap) -> Result<Json<Status>, Error> {
@@ -186,13 +191,11 @@ pub(super) async fn release_for(
 ) -> Result<Released, Error> {
     let missing =
         || Error::NotFound(format!("no live lease {lease:016x}; it may have been released or expired"));
+    if state.node.is_some() {
+        return release_shared(state, p, lease).await;
+    }
     let (now, unix_ms) = state.now();
-    let view = state
-        .core
-        .lease_views(now, unix_ms)
-        .into_iter()
-        .find(|v| v.lease.lease_id == lease)
-        .ok_or_else(missing)?;
+    let view = state.core.lease_view_of(now, unix_ms, lease).ok_or_else(missing)?;
     if !p.admin {
         let license = view.lease.license;
         let owner = state
@@ -210,6 +213,36 @@ pub(super) async fn release_for(
         license: r.license,
         address: r.addr.to_string(),
         instance: hex::encode(r.instance_id),
+    })
+}
+
+/// On a cluster node: the seat is freed in etcd, whichever node holds it; that node answers its
+/// holder STALE within a quarter second (proto-spec.md §11, "Removal").
+async fn release_shared(state: &Arc<super::Dashboard>, p: &Principal, lease: u64) -> Result<Released, Error> {
+    let missing =
+        || Error::NotFound(format!("no live lease {lease:016x}; it may have been released or expired"));
+    let (user, admin) = (p.user.clone(), p.admin);
+    let freed = state
+        .store(move |s| {
+            let Some(h) = s.holders()?.into_iter().find(|h| h.lease.lease_id == lease) else {
+                return Ok(None);
+            };
+            if !admin {
+                let owner = s.licenses()?.into_iter().find(|l| l.id == h.lease.license).map(|l| l.owner);
+                if owner.as_deref() != Some(user.as_str()) {
+                    return Ok(None);
+                }
+            }
+            s.free_seat(lease, &user)
+        })
+        .await?
+        .ok_or_else(missing)?;
+    tracing::info!(lease = %format_args!("{lease:016x}"), license = freed.lease.license, holder = %freed.lease.addr, node = ?freed.node, user = %p.user, "seat force-released");
+    Ok(Released {
+        lease: format!("{lease:016x}"),
+        license: freed.lease.license,
+        address: freed.lease.addr.to_string(),
+        instance: hex::encode(freed.lease.instance_id),
     })
 }
 
@@ -240,19 +273,14 @@ pub(super) async fn log(
 ) -> Result<Json<Vec<AuditEntry>>, Error> {
     let p = principal(&state, &headers).await?;
     let since = q.since.as_deref().map(parse_time).transpose()?;
-    let query = AuditQuery { since_unix: since, license: q.license, after_seq: q.after, limit: q.limit };
-    let (user, admin) = (p.user.clone(), p.admin);
-    let entries = state
-        .store(move |s| {
-            let mut entries = s.audit(&query)?;
-            if !admin {
-                let own: Vec<i64> =
-                    s.licenses()?.into_iter().filter(|l| l.owner == user).map(|l| l.id).collect();
-                entries.retain(|e| e.license.is_some_and(|id| own.contains(&id)));
-            }
-            Ok(entries)
-        })
-        .await?;
+    let query = AuditQuery {
+        since_unix: since,
+        license: q.license,
+        after_seq: q.after,
+        limit: q.limit,
+        owner: if p.admin { None } else { Some(p.user.clone()) },
+    };
+    let entries = state.store(move |s| s.audit(&query)).await?;
     Ok(Json(entries))
 }
 

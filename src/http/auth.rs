@@ -23,6 +23,10 @@ pub const LOCAL_ACTOR: &str = "local-admin";
 const IDLE: Duration = Duration::from_secs(8 * 60 * 60);
 /// Sessions kept at most; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
+/// Unused issue forms a session keeps valid (tabs left open); the oldest goes first.
+const MAX_FORMS: usize = 16;
+/// Issued serials waiting to be shown once, per session.
+const MAX_RESULTS: usize = 8;
 
 pub fn random_token() -> String {
     let mut b = [0u8; 32];
@@ -40,6 +44,8 @@ pub struct Principal {
     pub admin: bool,
     /// The session's CSRF token; `None` for bearer tokens, which no browser sends by itself.
     pub csrf: Option<String>,
+    /// The session's id (its cookie), for the per-session form tokens; `None` for bearer tokens.
+    pub session: Option<String>,
 }
 
 impl Principal {
@@ -61,9 +67,13 @@ impl Principal {
 
 struct Session {
     user: String,
-    admin: bool,
     csrf: String,
     last_used: Instant,
+    /// Single-use tokens of the issue forms this session was shown: a reloaded or resent POST
+    /// finds its token gone and issues nothing.
+    forms: Vec<String>,
+    /// Issue results not yet shown, by the key the redirect after the POST names.
+    results: Vec<(String, super::api::Issued)>,
 }
 
 #[derive(Default)]
@@ -72,8 +82,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts a session and returns its cookie value.
-    pub fn start(&self, user: &str, admin: bool) -> String {
+    /// Starts a session and returns its cookie value. The account's admin flag is not kept:
+    /// [`principal`] reads it from the store on every request, so a demotion or a removed
+    /// account takes effect at once.
+    pub fn start(&self, user: &str) -> String {
         let id = random_token();
         let Ok(mut map) = self.map.lock() else { return id };
         let now = Instant::now();
@@ -85,9 +97,69 @@ impl Sessions {
         }
         map.insert(
             id.clone(),
-            Session { user: user.to_owned(), admin, csrf: random_token(), last_used: now },
+            Session {
+                user: user.to_owned(),
+                csrf: random_token(),
+                last_used: now,
+                forms: Vec::new(),
+                results: Vec::new(),
+            },
         );
         id
+    }
+
+    /// A fresh single-use token for an issue form shown to session `id`.
+    pub fn new_form(&self, id: &str) -> Option<String> {
+        let mut map = self.map.lock().ok()?;
+        let s = map.get_mut(id)?;
+        if s.forms.len() >= MAX_FORMS {
+            s.forms.remove(0);
+        }
+        let token = random_token();
+        s.forms.push(token.clone());
+        Some(token)
+    }
+
+    /// Spends a form token: true once for each token [`new_form`](Self::new_form) gave out.
+    pub fn use_form(&self, id: &str, token: &str) -> bool {
+        let Ok(mut map) = self.map.lock() else { return false };
+        let Some(s) = map.get_mut(id) else { return false };
+        match s.forms.iter().position(|f| same(f, token)) {
+            Some(i) => {
+                s.forms.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives a spent form token back, after an issue that failed and changed nothing.
+    pub fn return_form(&self, id: &str, token: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            if let Some(s) = map.get_mut(id) {
+                s.forms.push(token.to_owned());
+            }
+        }
+    }
+
+    /// Keeps an issue result for one showing; returns the key the redirect names.
+    pub fn stash_result(&self, id: &str, issued: super::api::Issued) -> Option<String> {
+        let mut map = self.map.lock().ok()?;
+        let s = map.get_mut(id)?;
+        if s.results.len() >= MAX_RESULTS {
+            s.results.remove(0);
+        }
+        let key = random_token();
+        s.results.push((key.clone(), issued));
+        Some(key)
+    }
+
+    /// The result stashed under `key`, once.
+    pub fn take_result(&self, id: &str, key: &str) -> Option<super::api::Issued> {
+        let mut map = self.map.lock().ok()?;
+        let s = map.get_mut(id)?;
+        let i = s.results.iter().position(|(k, _)| same(k, key))?;
+        Some(s.results.remove(i).1)
     }
 
     pub fn end(&self, id: &str) {
@@ -105,7 +177,13 @@ impl Sessions {
             return None;
         }
         s.last_used = now;
-        Some(Principal { user: s.user.clone(), admin: s.admin, csrf: Some(s.csrf.clone()) })
+        // `admin` is filled in by `principal` from the store.
+        Some(Principal {
+            user: s.user.clone(),
+            admin: false,
+            csrf: Some(s.csrf.clone()),
+            session: Some(id.to_owned()),
+        })
     }
 }
 
@@ -129,7 +207,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub async fn principal(state: &std::sync::Arc<Dashboard>, headers: &HeaderMap) -> Result<Principal, Error> {
     if let Some(token) = bearer(headers) {
         if same(token, &state.local_token) {
-            return Ok(Principal { user: LOCAL_ACTOR.into(), admin: true, csrf: None });
+            return Ok(Principal { user: LOCAL_ACTOR.into(), admin: true, csrf: None, session: None });
         }
         let token = token.to_owned();
         let found = state
@@ -140,13 +218,28 @@ pub async fn principal(state: &std::sync::Arc<Dashboard>, headers: &HeaderMap) -
             })
             .await;
         return match found {
-            Ok(Some((user, admin))) => Ok(Principal { user, admin, csrf: None }),
+            Ok(Some((user, admin))) => Ok(Principal { user, admin, csrf: None, session: None }),
             // No such token, or one of an account that is gone.
             Ok(None) => Err(Error::Unauthenticated),
             Err(e) => Err(e),
         };
     }
-    cookie(headers, SESSION_COOKIE).and_then(|id| state.sessions.get(id)).ok_or(Error::Unauthenticated)
+    let id = cookie(headers, SESSION_COOKIE).ok_or(Error::Unauthenticated)?;
+    let mut p = state.sessions.get(id).ok_or(Error::Unauthenticated)?;
+    // The account as it is now, not as it was at sign-in: one indexed read per request.
+    let user = p.user.clone();
+    match state.store(move |s| s.is_admin(&user)).await {
+        Ok(admin) => {
+            p.admin = admin;
+            Ok(p)
+        }
+        // The account is gone (`NoSuchUser` maps to this): so is its session.
+        Err(Error::Unauthenticated) => {
+            state.sessions.end(id);
+            Err(Error::Unauthenticated)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `Set-Cookie` for a new session.

@@ -3,12 +3,18 @@
 //!
 //! It runs on the tokio runtime, apart from the UDP IO thread, and touches the core only
 //! through read-only snapshots and [`ServerCore::force_release`]; the heartbeat path never
-//! waits for it. It has its own connection to the store, and SQLite work (including Argon2
+//! waits for it. It has its own connection to the store, and store work (including Argon2
 //! for sign-in and issue) runs on blocking threads.
+//!
+//! It works on either store through [`AdminStore`]. On a cluster node (`--store etcd://…`) the
+//! holders it shows and frees are etcd's, every node's, so any node's dashboard manages the
+//! whole deployment; `/metrics` adds the node's etcd health.
 
 pub mod api;
 mod auth;
+pub mod node;
 mod pages;
+mod usage_page;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,11 +26,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::config::AuditRetention;
+use crate::config::SiteConfig;
 use crate::metrics::Histogram;
 use crate::proto::server::ServerCore;
 use crate::server::unix_now;
-use crate::store::{Store, StoreError};
+use crate::store::etcd::NodeState;
+use crate::store::{AdminStore, StoreError};
 
 pub use auth::LOCAL_ACTOR;
 
@@ -45,10 +52,11 @@ pub struct Endpoint {
 pub struct Dashboard {
     core: Arc<ServerCore>,
     heartbeat_time: Arc<Histogram>,
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Box<dyn AdminStore>>>,
+    /// Set on a cluster node: its etcd health goes into `/metrics`.
+    node: Option<Arc<NodeState>>,
     sessions: auth::Sessions,
     local_token: String,
-    retention: AuditRetention,
     /// At most this many Argon2 password checks at once (64 MiB each).
     sign_in_slots: tokio::sync::Semaphore,
 }
@@ -57,32 +65,48 @@ type State = axum::extract::State<Arc<Dashboard>>;
 
 impl Dashboard {
     /// `store` must be a connection of its own, not the IO thread's.
-    pub fn new(core: Arc<ServerCore>, heartbeat_time: Arc<Histogram>, store: Store) -> Self {
-        let retention = store.site().audit;
+    pub fn new(core: Arc<ServerCore>, heartbeat_time: Arc<Histogram>, store: Box<dyn AdminStore>) -> Self {
         Self {
             core,
             heartbeat_time,
             store: Arc::new(Mutex::new(store)),
+            node: None,
             sessions: auth::Sessions::default(),
             local_token: auth::random_token(),
-            retention,
             sign_in_slots: tokio::sync::Semaphore::new(2),
         }
+    }
+
+    /// A cluster node's dashboard: the store is etcd, shared with the other nodes.
+    pub fn for_node(core: Arc<ServerCore>, heartbeat_time: Arc<Histogram>, node: Arc<NodeState>) -> Self {
+        let mut d = Self::new(core, heartbeat_time, Box::new(node.store.clone()));
+        d.node = Some(node);
+        d
     }
 
     pub fn local_token(&self) -> &str {
         &self.local_token
     }
 
+    /// Gives the dashboard's store connection a reread site file (SIGHUP): the types it
+    /// issues and lists, and the audit bounds it prunes to.
+    pub async fn set_site(self: &Arc<Self>, site: SiteConfig) -> Result<(), Error> {
+        self.store(move |s| {
+            s.set_site(site);
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `f` on the store on a blocking thread.
     async fn store<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut dyn AdminStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = store.lock().map_err(|_| StoreError::Poisoned)?;
-            f(&mut s)
+            f(s.as_mut())
         })
         .await
         .map_err(|_| Error::Internal("a store task stopped".into()))?
@@ -106,7 +130,9 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/logout", post(pages::logout))
         .route("/monitor", get(pages::monitor))
         .route("/monitor/table", get(pages::monitor_table))
+        .route("/usage", get(usage_page::usage))
         .route("/issue", get(pages::issue_form).post(pages::issue))
+        .route("/issued/{key}", get(pages::issued))
         .route("/leases/{lease}/release", post(pages::release))
         .route("/licenses/{id}/revoke", post(pages::revoke))
         .route("/metrics", get(api::metrics))
@@ -116,7 +142,7 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/licenses/{id}/revoke", post(api::revoke))
         .route("/api/leases/{lease}/release", post(api::release))
         .route("/api/log", get(api::log))
-        .fallback(api::not_found)
+        .fallback(pages::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }
@@ -128,11 +154,20 @@ pub async fn serve(
     state: Arc<Dashboard>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let pruner = tokio::spawn(prune_loop(state.clone()));
-    let r = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
-    pruner.abort();
+    // A node's cluster thread prunes etcd's log already (once for the deployment would do; once
+    // a node is harmless, since pruning is idempotent, but pointless twice in one process).
+    let pruner = state.node.is_none().then(|| tokio::spawn(prune_loop(state.clone())));
+    // With the peer's address, for the sign-in log lines.
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    if let Some(p) = pruner {
+        p.abort();
+    }
     r
 }
+
+/// Audit rows [`prune_loop`] deletes per transaction.
+const PRUNE_BATCH: u32 = 1_000;
 
 /// Keeps the audit log inside its retention, in small deletes so the UDP side's commits never
 /// wait long for the database.
@@ -140,10 +175,16 @@ async fn prune_loop(state: Arc<Dashboard>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let retention = state.retention;
         loop {
-            match state.store(move |s| s.prune_audit(retention, unix_now(), 5_000)).await {
-                Ok(5_000) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // 1,000 rows a transaction: a few milliseconds of write lock, which a grant's
+            // commit on the UDP side may have to wait for. The bounds are read each time, so
+            // a reloaded site file's bounds apply from the next batch.
+            let prune = |s: &mut dyn AdminStore| {
+                let retention = s.site().audit;
+                s.prune_audit(retention, unix_now(), PRUNE_BATCH)
+            };
+            match state.store(prune).await {
+                Ok(n) if n == u64::from(PRUNE_BATCH) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!("cannot prune the audit log: {}", e.message());

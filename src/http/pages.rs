@@ -17,7 +17,7 @@ use super::{Dashboard, Error, State};
 use crate::status::{LicenseStatus, Status};
 
 /// Escapes text for HTML element content and double-quoted attributes.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -49,10 +49,10 @@ button{cursor:pointer}
 label{display:block;margin:.6em 0 .2em}
 ";
 
-fn page(title: &str, who: Option<&Principal>, body: &str) -> Html<String> {
+pub(super) fn page(title: &str, who: Option<&Principal>, body: &str) -> Html<String> {
     let nav = match who {
         Some(p) => format!(
-            "<a href=\"/monitor\">Monitor</a><a href=\"/issue\">Issue</a>\
+            "<a href=\"/monitor\">Monitor</a><a href=\"/usage\">Usage</a><a href=\"/issue\">Issue</a>\
              <span class=\"who\">{}{}</span>\
              <form class=\"inline\" method=\"post\" action=\"/logout\">{}<button>Sign out</button></form>",
             esc(&p.user),
@@ -79,7 +79,7 @@ fn to_login() -> Response {
 }
 
 /// An error as a page (for form posts), keeping the user signed in.
-fn error_page(p: Option<&Principal>, e: &Error) -> Response {
+pub(super) fn error_page(p: Option<&Principal>, e: &Error) -> Response {
     let body = format!(
         "<h1>That did not work</h1><p class=\"error\">{}</p><p><a href=\"/monitor\">Back to the monitor</a></p>",
         esc(&e.message())
@@ -88,7 +88,7 @@ fn error_page(p: Option<&Principal>, e: &Error) -> Response {
 }
 
 /// A page for signed-in users only: the principal, or a redirect to sign-in.
-async fn signed_in(state: &Arc<Dashboard>, headers: &HeaderMap) -> Result<Principal, Response> {
+pub(super) async fn signed_in(state: &Arc<Dashboard>, headers: &HeaderMap) -> Result<Principal, Response> {
     match principal(state, headers).await {
         // Bearer tokens are for scripts; pages need a session with a CSRF token.
         Ok(p) if p.csrf.is_some() => Ok(p),
@@ -136,7 +136,20 @@ pub(super) struct LoginForm {
     csrf: String,
 }
 
-pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+/// The client's address, for the sign-in log lines; absent when the router runs without a
+/// socket (tests that drive it directly).
+type Peer = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+fn peer_text(peer: &Peer) -> String {
+    peer.as_ref().map_or_else(|| "unknown".to_owned(), |p| p.0 .0.to_string())
+}
+
+pub(super) async fn login(
+    state: State,
+    peer: Peer,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     if !auth::login_csrf_ok(&headers, &f.csrf) {
         return login_page(Some("The sign-in form expired; try again."), StatusCode::FORBIDDEN);
     }
@@ -145,16 +158,12 @@ pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginF
         return login_page(Some("The server is shutting down."), StatusCode::SERVICE_UNAVAILABLE);
     };
     let user = f.user.clone();
-    let checked = state
-        .store(move |s| {
-            s.check_web_user(&user, &f.password)?;
-            s.is_admin(&user)
-        })
-        .await;
+    let checked = state.store(move |s| s.check_web_user(&user, &f.password)).await;
+    let from = peer_text(&peer);
     match checked {
-        Ok(admin) => {
-            let id = state.sessions.start(&f.user, admin);
-            tracing::info!(user = %f.user, "dashboard sign-in");
+        Ok(()) => {
+            let id = state.sessions.start(&f.user);
+            tracing::info!(user = %f.user, from = %from, "dashboard sign-in");
             (
                 StatusCode::SEE_OTHER,
                 [(header::SET_COOKIE, auth::session_cookie(&id)), (header::LOCATION, "/monitor".to_owned())],
@@ -162,10 +171,15 @@ pub(super) async fn login(state: State, headers: HeaderMap, Form(f): Form<LoginF
                 .into_response()
         }
         Err(Error::Unauthenticated) => {
-            tracing::warn!(user = %f.user, "failed dashboard sign-in");
+            tracing::warn!(user = %f.user, from = %from, "failed dashboard sign-in");
             login_page(Some("Wrong user name or password."), StatusCode::UNAUTHORIZED)
         }
-        Err(e) => login_page(Some(&e.message()), e.status()),
+        Err(e) => {
+            if matches!(e, Error::TooManyRequests(_)) {
+                tracing::warn!(user = %f.user, from = %from, "throttled dashboard sign-in");
+            }
+            login_page(Some(&e.message()), e.status())
+        }
     }
 }
 
@@ -174,12 +188,15 @@ pub(super) struct CsrfForm {
     csrf: Option<String>,
 }
 
+/// Needs the session's CSRF token like every other form: otherwise any site could sign the
+/// admin out (its `Set-Cookie` clears the cookie whatever the server does with the session).
 pub(super) async fn logout(state: State, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     if let Ok(p) = principal(&state, &headers).await {
-        if p.check_csrf(f.csrf.as_deref()).is_ok() {
-            if let Some(id) = auth::cookie(&headers, auth::SESSION_COOKIE) {
-                state.sessions.end(id);
-            }
+        if let Err(e) = p.check_csrf(f.csrf.as_deref()) {
+            return error_page(Some(&p), &e);
+        }
+        if let Some(id) = &p.session {
+            state.sessions.end(id);
         }
     }
     (
@@ -230,11 +247,16 @@ fn license_rows(out: &mut String, l: &LicenseStatus, p: &Principal, now: u64) {
         expires = esc(l.expires.as_deref().unwrap_or("never")),
     );
     for h in &l.holders {
-        let last = h.last_heartbeat.as_deref().map(|t| ago(t, now)).unwrap_or_default();
+        // Another node's holder: only that node knows its last heartbeat; say where it is.
+        let last = match (&h.last_heartbeat, &h.node) {
+            (Some(t), _) => format!("last heartbeat {}", ago(t, now)),
+            (None, Some(node)) => format!("on node {}", esc(node)),
+            (None, None) => "last heartbeat".to_owned(),
+        };
         let _ = write!(
             out,
             "<tr class=\"holder\" data-lease=\"{lease}\" data-license=\"{id}\"><td></td>\
-             <td colspan=\"2\">{addr}<br>instance {inst}</td><td colspan=\"2\">since {since}<br>last heartbeat {last}</td>\
+             <td colspan=\"2\">{addr}<br>instance {inst}</td><td colspan=\"2\">since {since}<br>{last}</td>\
              <td>lease {lease}</td><td><form class=\"inline\" method=\"post\" action=\"/leases/{lease}/release\">{csrf}\
              <button class=\"release\">Release</button></form></td></tr>",
             lease = esc(&h.lease),
@@ -325,8 +347,10 @@ pub(super) async fn issue_form(state: State, headers: HeaderMap, Query(q): Query
         );
     }
     let err = q.error.map(|e| format!("<p class=\"error\">{}</p>", esc(&e))).unwrap_or_default();
+    let once = p.session.as_deref().and_then(|id| state.sessions.new_form(id)).unwrap_or_default();
     let body = format!(
         "<h1>Issue a license</h1>{err}<form method=\"post\" action=\"/issue\">{csrf}\
+         <input type=\"hidden\" name=\"form\" value=\"{once}\">\
          <label for=\"type\">Type</label><select id=\"type\" name=\"type\">{options}</select>\
          <label for=\"seats\">Seats (empty: the type's count)</label>\
          <input id=\"seats\" name=\"seats\" type=\"number\" min=\"1\" max=\"65535\">\
@@ -339,11 +363,16 @@ pub(super) async fn issue_form(state: State, headers: HeaderMap, Query(q): Query
 #[derive(Deserialize)]
 pub(super) struct IssueForm {
     csrf: Option<String>,
+    /// The form's single-use token.
+    form: Option<String>,
     #[serde(rename = "type")]
     license_type: String,
     seats: Option<String>,
 }
 
+/// Issues, then redirects to a page that shows the serial once (POST, redirect, GET): a
+/// reload shows the result page, not the form post again, and a form sent twice (a reload of
+/// an old result, a double click) finds its single-use token spent and issues nothing.
 pub(super) async fn issue(state: State, headers: HeaderMap, Form(f): Form<IssueForm>) -> Response {
     let p = match signed_in(&state, &headers).await {
         Ok(p) => p,
@@ -359,27 +388,71 @@ pub(super) async fn issue(state: State, headers: HeaderMap, Form(f): Form<IssueF
             _ => return error_page(Some(&p), &Error::BadRequest(format!("seats `{s}` must be 1 to 65535"))),
         },
     };
-    match api::issue_for(&state, &p, IssueRequest { license_type: f.license_type, seats }).await {
-        Ok(i) => {
-            let body = format!(
-                "<h1>License {id} issued</h1><p>{ty}, {seats} seat{plural}, owned by {owner}.</p>\
-                 <p>The serial, shown <strong>only this once</strong> (the server keeps only keys derived from it):</p>\
-                 <p><span class=\"serial\" id=\"serial\">{serial}</span> \
-                 <button id=\"copy\" onclick=\"navigator.clipboard.writeText(document.getElementById('serial').textContent)\
-                 .then(()=>{{this.textContent='Copied'}})\">Copy</button></p>\
-                 <p>Users enter it with <code>lic-udp activate --serial {serial} --server HOST</code>.</p>\
-                 <p><a href=\"/monitor\">Back to the monitor</a></p>",
-                id = i.id,
-                ty = esc(&i.license_type),
-                seats = i.seats,
-                plural = if i.seats == 1 { "" } else { "s" },
-                owner = esc(&p.user),
-                serial = esc(&i.serial),
-            );
-            ([(header::CACHE_CONTROL, "no-store")], page("Issued", Some(&p), &body)).into_response()
-        }
-        Err(e) => error_page(Some(&p), &e),
+    let (Some(session), Some(once)) = (p.session.clone(), f.form.clone()) else {
+        return error_page(Some(&p), &Error::BadRequest("open the Issue page and send its form".into()));
+    };
+    if !state.sessions.use_form(&session, &once) {
+        return error_page(
+            Some(&p),
+            &Error::Conflict(
+                "this form was already sent (a reload or a second click), so nothing more was issued; \
+                 the license it issued is on the monitor. Open Issue again for another"
+                    .into(),
+            ),
+        );
     }
+    match api::issue_for(&state, &p, IssueRequest { license_type: f.license_type, seats }).await {
+        Ok(i) => match state.sessions.stash_result(&session, i) {
+            Some(key) => Redirect::to(&format!("/issued/{key}")).into_response(),
+            None => to_login(),
+        },
+        Err(e) => {
+            // Nothing was issued: the same form may be fixed and sent again.
+            state.sessions.return_form(&session, &once);
+            error_page(Some(&p), &e)
+        }
+    }
+}
+
+/// The serial of an issue, shown once; afterwards the page says where the license is.
+pub(super) async fn issued(state: State, headers: HeaderMap, Path(key): Path<String>) -> Response {
+    let p = match signed_in(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(i) = p.session.as_deref().and_then(|id| state.sessions.take_result(id, &key)) else {
+        let body = "<h1>Serial already shown</h1><p>A serial is shown only once, right after it is issued. \
+                    The license is on the <a href=\"/monitor\">monitor</a>; if the serial was not written \
+                    down, revoke that license and issue another.</p>";
+        return (StatusCode::GONE, [(header::CACHE_CONTROL, "no-store")], page("Issued", Some(&p), body))
+            .into_response();
+    };
+    let body = format!(
+        "<h1>License {id} issued</h1><p>{ty}, {seats} seat{plural}, owned by {owner}.</p>\
+         <p>The serial, shown <strong>only this once</strong> (the server keeps only keys derived from it):</p>\
+         <p><span class=\"serial\" id=\"serial\">{serial}</span> \
+         <button id=\"copy\" onclick=\"navigator.clipboard.writeText(document.getElementById('serial').textContent)\
+         .then(()=>{{this.textContent='Copied'}})\">Copy</button></p>\
+         <p>Users enter it with <code>lic-udp activate --serial {serial} --server HOST</code>.</p>\
+         <p><a href=\"/monitor\">Back to the monitor</a></p>",
+        id = i.id,
+        ty = esc(&i.license_type),
+        seats = i.seats,
+        plural = if i.seats == 1 { "" } else { "s" },
+        owner = esc(&p.user),
+        serial = esc(&i.serial),
+    );
+    ([(header::CACHE_CONTROL, "no-store")], page("Issued", Some(&p), &body)).into_response()
+}
+
+/// Unknown paths: JSON under `/api/`, where scripts call, and a page everywhere else.
+pub(super) async fn not_found(uri: axum::http::Uri) -> Response {
+    let e = Error::NotFound("no such page or API route; see README.md, \"JSON API\"".into());
+    if uri.path().starts_with("/api/") {
+        return e.into_response();
+    }
+    let body = "<h1>No such page</h1><p><a href=\"/monitor\">Go to the monitor</a></p>";
+    (StatusCode::NOT_FOUND, page("Not found", None, body)).into_response()
 }
 
 /// A button's form post: signed in, CSRF checked, then `act`; back to the monitor on success.

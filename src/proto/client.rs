@@ -71,6 +71,11 @@ const PROOF_SENDS_FIRST: u32 = 3;
 const PROOF_SENDS_REGAIN: u32 = 2;
 /// Fresh starts after unanswered PROOFs before a first acquisition reports unreachable.
 const PROOF_RESTARTS_FIRST: u32 = 3;
+/// With several servers: HELLOs sent to one before the next is tried.
+const HELLOS_PER_SERVER: u32 = 2;
+/// With several servers: heartbeat transmissions in a row without an ACK before the holder
+/// moves to the next server: the next timeout after the second, about 1.5 s (0.5 + 1 s).
+const UNACKED_BEFORE_FAILOVER: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
@@ -106,6 +111,8 @@ struct HeldSession {
     /// The last few heartbeats sent: (seq, when). An ACK names one of them.
     sent: VecDeque<(u64, Instant)>,
     awaiting_ack: bool,
+    /// Transmissions since the last ACK.
+    unacked: u32,
     rto: Duration,
 }
 
@@ -157,6 +164,12 @@ pub struct ClientCore {
     timers: Timers,
     out: VecDeque<([u8; MAX_DATAGRAM], usize)>,
     events: VecDeque<Event>,
+    /// How many servers the driver knows (proto-spec.md §6, "Several servers"), and the one
+    /// it sends to now.
+    servers: usize,
+    current: usize,
+    /// First acquisition: servers that answered DENY BUSY or UNAVAILABLE so far.
+    refusals: usize,
 }
 
 impl ClientCore {
@@ -174,9 +187,33 @@ impl ClientCore {
             timers: Timers::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            servers: 1,
+            current: 0,
+            refusals: 0,
         };
         core.start_hello(now);
         core
+    }
+
+    /// Several servers of one cluster, tried in turn (proto-spec.md §6): a holder whose server
+    /// stops answering, or answers STALE, takes its seat over at the next one.
+    pub fn with_servers(mut self, n: usize) -> Self {
+        self.servers = n.max(1);
+        self
+    }
+
+    /// Which of the servers datagrams go to now (0 with a single server).
+    pub fn server_index(&self) -> usize {
+        self.current
+    }
+
+    /// Moves on to the next server, if there are several.
+    fn next_server(&mut self) -> bool {
+        if self.servers < 2 {
+            return false;
+        }
+        self.current = (self.current + 1) % self.servers;
+        true
     }
 
     /// Keys derived earlier for these public inputs (an activation cache), used without asking.
@@ -349,6 +386,7 @@ impl ClientCore {
             s.sent.pop_front();
         }
         s.awaiting_ack = true;
+        s.unacked += 1;
         let msg = Message::Heartbeat(Heartbeat { lease_id: s.lease_id, epoch: s.epoch, seq, flags });
         let key = s.keys.c2s.clone();
         let rto = s.rto;
@@ -384,8 +422,18 @@ impl ClientCore {
         match &mut self.phase {
             Phase::Hello { sends, rto, .. } => {
                 *rto = (*rto * 2).min(max);
+                let rotate = self.servers > 1 && *sends % HELLOS_PER_SERVER == 0;
+                if rotate {
+                    // A fresh server gets a fresh schedule.
+                    *rto = self.cfg.rto_initial;
+                }
+                let limit =
+                    if self.servers > 1 { limit.max(HELLOS_PER_SERVER * self.servers as u32) } else { limit };
                 if *sends >= limit && self.exhausted() {
                     return;
+                }
+                if rotate {
+                    self.next_server();
                 }
                 self.send_hello(now);
             }
@@ -400,9 +448,11 @@ impl ClientCore {
                 let fallback = if self.tenure.is_some() { PROOF_SENDS_REGAIN } else { PROOF_SENDS_FIRST };
                 if *sends >= fallback.min(limit) {
                     self.proof_restarts += 1;
-                    if self.proof_restarts >= PROOF_RESTARTS_FIRST && self.exhausted() {
+                    let restarts = PROOF_RESTARTS_FIRST.max(self.servers as u32);
+                    if self.proof_restarts >= restarts && self.exhausted() {
                         return;
                     }
+                    self.next_server();
                     self.start_hello(now);
                     return;
                 }
@@ -410,6 +460,13 @@ impl ClientCore {
                 self.send_proof(now);
             }
             Phase::Held(s) => {
+                if s.awaiting_ack && s.unacked >= UNACKED_BEFORE_FAILOVER && self.servers > 1 {
+                    // This server has gone quiet: take the seat over at the next one, with
+                    // prev_lease_id (§4 step 5b). The loss deadline keeps running.
+                    self.next_server();
+                    self.start_hello(now);
+                    return;
+                }
                 s.rto = if s.awaiting_ack { (s.rto * 2).min(max) } else { self.cfg.rto_initial };
                 self.send_heartbeat(now, 0);
             }
@@ -471,7 +528,10 @@ impl ClientCore {
                 };
                 self.on_ack(now, a.seq, a.status, sent_at);
             }
-            (Phase::Held(s), Message::Stale(st)) if st.lease_id == s.lease_id => self.start_hello(now),
+            (Phase::Held(s), Message::Stale(st)) if st.lease_id == s.lease_id => {
+                self.next_server();
+                self.start_hello(now);
+            }
             (Phase::Releasing { session, .. }, Message::Stale(st)) if st.lease_id == session.lease_id => {
                 self.finish(Event::Released);
             }
@@ -529,6 +589,7 @@ impl ClientCore {
             next_seq: 1,
             sent: VecDeque::new(),
             awaiting_ack: false,
+            unacked: 0,
             rto: self.cfg.rto_initial,
         });
         // The server renewed the lease when the PROOF arrived, no earlier than our first send.
@@ -557,8 +618,20 @@ impl ClientCore {
             return;
         };
         let retry_after = Duration::from_millis(u64::from(d.retry_after_ms));
+        let elsewhere = matches!(reason, DenyReason::Busy | DenyReason::Unavailable);
+        if self.tenure.is_none() && elsewhere && self.refusals + 1 < self.servers {
+            // This node cannot grant now (cut off from the store, recovering): another may.
+            self.refusals += 1;
+            self.next_server();
+            self.start_hello(now);
+            return;
+        }
         if self.tenure.is_none() {
             self.finish(Event::Denied { reason, used: d.used, seats: d.seats, retry_after });
+            return;
+        }
+        if elsewhere && self.next_server() {
+            self.start_hello(now);
             return;
         }
         match reason {
@@ -584,6 +657,7 @@ impl ClientCore {
         match (status, &mut self.phase) {
             (AckStatus::Ok, Phase::Held(s)) => {
                 s.awaiting_ack = false;
+                s.unacked = 0;
                 s.rto = self.cfg.rto_initial;
                 let Some(t) = self.tenure.as_mut() else {
                     return;

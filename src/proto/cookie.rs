@@ -14,7 +14,9 @@ pub const PERIOD_S: u32 = 120;
 /// How long a cookie stays valid after it was issued.
 pub const LIFETIME_S: u32 = 30;
 
-#[derive(Clone)]
+/// Wiped when dropped, which covers a key rotated out as well as the jar's end: a key that
+/// outlived its period would still verify (and forge) the cookies it made.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct Slot {
     period: u32,
     key: [u8; 32],
@@ -25,16 +27,6 @@ struct Slot {
 pub struct CookieJar {
     current: Slot,
     previous: Option<Slot>,
-}
-
-impl Drop for CookieJar {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.current.key.zeroize();
-        if let Some(p) = self.previous.as_mut() {
-            p.key.zeroize();
-        }
-    }
 }
 
 fn ip16(addr: &SocketAddr) -> [u8; 16] {
@@ -99,6 +91,17 @@ impl CookieJar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key rotated out (or dropped with the jar) is wiped: each slot wipes itself on drop.
+    /// Before, only the jar's own Drop wiped the two keys it still held at its end.
+    #[test]
+    fn rotated_out_keys_are_wiped() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<Slot>();
+        let mut slot = Slot { period: 1, key: [7; 32] };
+        zeroize::Zeroize::zeroize(&mut slot);
+        assert_eq!(slot.key, [0; 32]);
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")

@@ -9,6 +9,10 @@
 //!
 //! Memory is bounded: at most [`MAX_TRACKED`] addresses are tracked; full buckets are forgotten
 //! by [`Throttle::sweep`], and when the table is full, untracked addresses share one bucket.
+//!
+//! An IPv6 source is budgeted by its /64 ([`source_key`]): a subnet is one /64 and each host on
+//! it picks its own addresses inside it (SLAAC, privacy extensions), so a per-address budget
+//! would give one guesser 2^64 budgets.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -53,9 +57,22 @@ pub struct Throttle {
     table: Mutex<Table>,
 }
 
+/// The address a guessing budget belongs to: IPv4 as is (an IPv4-mapped IPv6 address too, so
+/// one client has one budget whichever socket family it arrived on), IPv6 by its /64 prefix.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 impl Throttle {
     /// May a PROOF from `ip` be evaluated now?
     pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = source_key(ip);
         let Ok(mut t) = self.table.lock() else { return true };
         let t = &mut *t;
         let full = t.by_ip.len() >= MAX_TRACKED;
@@ -72,6 +89,7 @@ impl Throttle {
 
     /// A PROOF from `ip` failed: take a token.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let ip = source_key(ip);
         let Ok(mut t) = self.table.lock() else { return };
         let full = t.by_ip.len() >= MAX_TRACKED && !t.by_ip.contains_key(&ip);
         let bucket = if full {
@@ -127,6 +145,29 @@ mod tests {
         assert!(th.allows(other, now), "other addresses are unaffected");
         th.sweep(now + Duration::from_secs(61));
         assert_eq!(th.tracked(), 0, "full buckets are forgotten");
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_budget_and_mapped_ipv4_is_ipv4() {
+        let th = Throttle::default();
+        let now = Instant::now();
+        // A guesser rotating through its /64: every address drains the same bucket.
+        for i in 0..BURST {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().expect("ip");
+            assert!(th.allows(ip, now), "guess {i} is within the burst");
+            th.failed(ip, now);
+        }
+        let fresh: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().expect("ip");
+        assert!(!th.allows(fresh, now), "a new address in the same /64 has no budget left");
+        let neighbour: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(th.allows(neighbour, now), "the next /64 is another site");
+        let v4: IpAddr = "192.0.2.9".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("ip");
+        for _ in 0..BURST {
+            th.failed(mapped, now);
+        }
+        assert!(!th.allows(v4, now), "a mapped IPv4 source spends the IPv4 address's budget");
+        assert!(th.allows("192.0.2.10".parse().expect("ip"), now), "and only that address's");
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub const SLOT: usize = 256;
 /// (the kernel doubles it for its bookkeeping) holds about 10,000, tens of milliseconds.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
+/// IPv4 clients of a dual-stack socket come out as IPv4 ([`super::listen::canonical`]).
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+    a.as_sockaddr_in6().map(|v6| super::listen::canonical(SocketAddr::V6(SocketAddrV6::from(*v6))))
 }
 
 /// The receive and send buffer sizes the kernel granted, in bytes (as `getsockopt` reports

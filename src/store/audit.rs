@@ -32,22 +32,30 @@ CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_license ON audit (license, seq);
 ";
 
-/// One audit event as read back.
+/// One audit event as read back. Its JSON field names and values are those of `lic-udp log
+/// --csv`'s columns (`seq,time,event,license,lease,instance,address,actor,detail`), so a report
+/// script reads either the same way.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditEntry {
     pub seq: i64,
-    /// Unix seconds.
+    /// Unix seconds; `time` in RFC 3339 (UTC) in JSON, as in the CSV.
+    #[serde(rename = "time", serialize_with = "rfc3339")]
     pub ts: u64,
-    /// issue, revoke, grant, deny, release, expire, force-release or drop.
+    /// issue, revoke, grant, deny, release, expire, force-release, revoke-end, license-end or drop.
     pub event: String,
     pub license: Option<i64>,
     /// Hex, as `status` shows it.
     pub lease: Option<String>,
     pub instance: Option<String>,
+    #[serde(rename = "address")]
     pub addr: Option<String>,
     /// The account that did it, for admin actions.
     pub actor: Option<String>,
     pub detail: Option<String>,
+}
+
+fn rfc3339<S: serde::Serializer>(ts: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::status::rfc3339(*ts))
 }
 
 /// What `lic-udp log` and `/api/log` ask for.
@@ -55,9 +63,12 @@ pub struct AuditEntry {
 pub struct AuditQuery {
     pub since_unix: Option<u64>,
     pub license: Option<i64>,
-    /// Only events after this sequence number, for paging and live tails.
+    /// Only events after this sequence number, for paging and live tails: then the `limit`
+    /// events right after it, rather than the newest.
     pub after_seq: Option<i64>,
     pub limit: Option<u32>,
+    /// Only events of licenses this account owns (a non-admin's view).
+    pub owner: Option<String>,
 }
 
 /// Everything an audit row can say; `None` columns are stored as NULL.
@@ -185,24 +196,29 @@ impl Store {
         tx.commit().at(db)
     }
 
-    /// Events matching `q`, oldest first, at most `q.limit` (default 10,000) of the newest.
+    /// Events matching `q`, oldest first: at most `q.limit` (default 10,000) of the newest, or
+    /// with `q.after_seq` the first `q.limit` after it. Every filter is applied before the
+    /// limit, so a page is never short because other accounts' events filled it.
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let db = &self.db;
         let since = q.since_unix.map(|s| to_sql(s, "--since")).transpose()?;
         let limit = i64::from(q.limit.unwrap_or(10_000));
+        // Two statements rather than an ORDER BY on an expression, so both walk the seq index.
+        let order = if q.after_seq.is_some() { "ASC" } else { "DESC" };
         let mut st = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT seq, ts, event, license, lease, instance, addr, actor, detail FROM (
                      SELECT * FROM audit
                      WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR license = ?2)
                        AND (?3 IS NULL OR seq > ?3)
-                     ORDER BY seq DESC LIMIT ?4)
-                 ORDER BY seq",
-            )
+                       AND (?5 IS NULL OR license IN (SELECT id FROM licenses WHERE owner = ?5))
+                     ORDER BY seq {order} LIMIT ?4)
+                 ORDER BY seq"
+            ))
             .at(db)?;
         let rows = st
-            .query_map(params![since, q.license, q.after_seq, limit], |r| {
+            .query_map(params![since, q.license, q.after_seq, limit, q.owner], |r| {
                 Ok(AuditEntry {
                     seq: r.get(0)?,
                     ts: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
@@ -229,15 +245,30 @@ impl Store {
         let cutoff = to_sql(now_unix.saturating_sub(r.keep.as_secs()), "retention cutoff")?;
         let max = i64::try_from(r.max_events).unwrap_or(i64::MAX);
         // Rows are appended in seq order with non-decreasing ts (nearly: denials carry their own
-        // time), so "the oldest" is the lowest seqs.
+        // time), so "the oldest" is the lowest seqs. The highest seq that may go is found
+        // first, by reads that take no write lock (WAL); the delete then walks the primary key
+        // from the lowest seq and stops after `batch` rows. Done in one statement, the filter
+        // scanned the whole table under the write lock whenever little or nothing was due,
+        // and the server's grant commits waited for it (issue 11).
+        let (by_time, by_count): (Option<i64>, Option<i64>) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT max(seq) FROM audit WHERE ts < ?1), (SELECT max(seq) FROM audit) - ?2",
+                params![cutoff, max],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .at(db)?;
+        let Some(bound) = by_time.max(by_count.filter(|&c| c > 0)) else {
+            return Ok(0);
+        };
         let n = self
             .conn
             .execute(
                 "DELETE FROM audit WHERE seq IN (
                      SELECT seq FROM audit
-                     WHERE ts < ?1 OR seq <= (SELECT max(seq) FROM audit) - ?2
-                     ORDER BY seq LIMIT ?3)",
-                params![cutoff, max, i64::from(batch)],
+                     WHERE seq <= ?1 AND (ts < ?2 OR seq <= ?3)
+                     ORDER BY seq LIMIT ?4)",
+                params![bound, cutoff, by_count.unwrap_or(0), i64::from(batch)],
             )
             .at(db)?;
         Ok(n as u64)

@@ -33,6 +33,20 @@ impl Store {
     }
 }
 
+/// Whether a running `lic-udp serve` holds `dir`'s lock, for the admin commands' warning about
+/// a data dir no server reads. It tries a shared lock and lets it go at once: a server starting
+/// in that instant would be refused once, which is rarer and milder than the stray data dir
+/// this warns about. Never creates the lock file; a dir without one has never been served.
+pub fn is_served(dir: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
+
 fn lock_dir(dir: &Path) -> Result<ServeLock, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
@@ -75,7 +89,9 @@ mod tests {
             Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("expected InUse, got {other:?}"),
         }
+        assert!(is_served(d.path()));
         drop(first);
+        assert!(!is_served(d.path()));
         lock_dir(d.path()).expect("free again once the first server is gone");
     }
 }

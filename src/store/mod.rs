@@ -9,15 +9,21 @@
 //! Nothing here deletes, resets or "repairs" a file it does not recognise: a data dir holds the
 //! keys of every license, and losing it means reissuing all of them.
 
+mod accounts;
 mod audit;
+mod backend;
+pub mod etcd;
+pub mod fault;
 mod lock;
 mod login;
 mod recovery;
 mod schema;
 mod tokens;
 
+pub use accounts::{Account, TokenInfo};
 pub use audit::{deny_reason_name, AuditEntry, AuditQuery};
-pub use lock::{ServeLock, LOCK_FILE};
+pub use backend::{AdminStore, RecordedHolder};
+pub use lock::{is_served, ServeLock, LOCK_FILE};
 pub use tokens::TOKEN_PREFIX;
 
 use std::fs;
@@ -48,10 +54,10 @@ pub const DB_FILE: &str = "lic-udp.db";
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serials are 10 decimal digits (proto-spec.md §3).
-const SERIAL_SPACE: u64 = 10_000_000_000;
+pub(crate) const SERIAL_SPACE: u64 = 10_000_000_000;
 /// Two licenses sharing a 64-bit `license_id` by chance is astronomically rare; failing again
 /// and again means something other than chance is at work, so give up instead of looping.
-const ISSUE_ATTEMPTS: usize = 8;
+pub(crate) const ISSUE_ATTEMPTS: usize = 8;
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
 /// Why the store refused. Grouped by cause; every message says what the user can do about it.
@@ -60,6 +66,8 @@ pub enum StoreError {
     // --- The data dir and its files.
     #[error("no lic-udp data in {}: the directory or its {DB_FILE} does not exist yet; check --data-dir, or create it with `lic-udp user add`", dir.display())]
     NoDataDir { dir: PathBuf },
+    #[error("{} is a file, not a directory: the data dir must be a directory; move the file away, or give another --data-dir", dir.display())]
+    NotADirectory { dir: PathBuf },
     #[error("cannot create or read {}: {source}; check the path and this user's permissions on it", path.display())]
     Io {
         path: PathBuf,
@@ -100,6 +108,8 @@ pub enum StoreError {
     // --- Users.
     #[error("`{name}` is not a valid user name: use 1 to 64 characters of A-Z a-z 0-9 . _ -")]
     BadUserName { name: String },
+    #[error("`{name}` is reserved: the audit log names the server's local token so; pick another name")]
+    ReservedUserName { name: String },
     #[error("an empty password is not allowed; choose one")]
     EmptyPassword,
     #[error("user `{name}` already exists; pick another name")]
@@ -138,6 +148,34 @@ pub enum StoreError {
     InUse { dir: PathBuf, pid: Option<u32> },
     #[error("the boot epoch has reached its maximum (u32::MAX); clients cannot tell further restarts apart, so this data dir cannot serve again")]
     EpochExhausted,
+
+    // --- The etcd store (several servers, one seat count).
+    #[error("`{url}` is not a store address ({why}); write etcd://HOST:PORT[,HOST:PORT…][/PREFIX]")]
+    BadStoreUrl { url: String, why: String },
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    #[error("no lic-udp data under {url} yet; check the prefix, or create it with `lic-udp user add --store {url}`")]
+    NoEtcdData { url: String },
+    #[error("{url} holds keys that are not lic-udp's (another deployment or program); lic-udp leaves them untouched: choose another prefix, e.g. etcd://HOST:PORT/lic-udp-site2")]
+    ForeignPrefix { url: String },
+    #[error("{url} has lic-udp data of layout version {found}, but this lic-udp reads only version {supported}; run the lic-udp release that wrote it")]
+    UnknownEtcdSchema { url: String, found: u32, supported: u32 },
+    #[error("lic-udp data under {url} is damaged: {what}; restore it from an etcd snapshot")]
+    EtcdCorrupt { url: String, what: String },
+    #[error("etcd {found} is too old: lic-udp needs etcd {need} or later")]
+    EtcdTooOld { found: String, need: String },
+    #[error("node id `{node}` is in use by a live node{}; give this node another --node-id, or stop that one (a dead node's place frees itself within {wait_s} s)", if host.is_empty() { String::new() } else { format!(" (pid {pid} on {host})") })]
+    NodeIdInUse { node: String, host: String, pid: u32, wait_s: u64 },
+    #[error("{what} kept changing under this write in etcd; retry")]
+    Contended { what: &'static str },
+    #[error("removing `{name}` takes {ops} etcd operations, more than one transaction takes (128); withdraw its tokens first (`lic-udp token revoke`), or reassign its licenses in smaller steps")]
+    TooBigForEtcd { name: String, ops: usize },
+    #[error("`{name}` is the last admin account; make another admin first (`lic-udp user add --admin`)")]
+    LastAdmin { name: String },
+    #[error("`{name}` owns {count} license(s); give them to another account with --reassign NAME")]
+    OwnsLicenses { name: String, count: usize },
+    #[error("a seat of one server is freed through that server, not its data dir: use `lic-udp release` with the server running")]
+    NotShared,
 }
 
 /// Attaches the database path to an engine error and sorts it by what the user can do.
@@ -207,7 +245,35 @@ fn lease_id_from_sql(v: i64) -> u64 {
 }
 
 /// User names appear in `status` output and on command lines, so keep them shell-friendly.
-fn valid_user_name(name: &str) -> bool {
+/// What every store checks before adding an account: a valid name, not the reserved one, and
+/// a password.
+pub(crate) fn check_new_user(name: &str, password: &str) -> Result<(), StoreError> {
+    if !valid_user_name(name) {
+        return Err(StoreError::BadUserName { name: name.to_owned() });
+    }
+    if name == crate::http::LOCAL_ACTOR {
+        return Err(StoreError::ReservedUserName { name: name.to_owned() });
+    }
+    check_new_password(password)
+}
+
+pub(crate) fn check_new_password(password: &str) -> Result<(), StoreError> {
+    if password.is_empty() {
+        return Err(StoreError::EmptyPassword);
+    }
+    Ok(())
+}
+
+/// An Argon2id PHC string of `password` with a fresh random salt.
+pub(crate) fn hash_password(password: &str, params: argon2::Params) -> Result<String, StoreError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| StoreError::PasswordHash { message: e.to_string() })?
+        .to_string())
+}
+
+pub(crate) fn valid_user_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -553,6 +619,9 @@ impl Store {
     fn open_at(dir: &Path, create: bool) -> Result<Store, StoreError> {
         let db = dir.join(DB_FILE);
         let no_data = || StoreError::NoDataDir { dir: dir.to_owned() };
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { dir: dir.to_owned() });
+        }
         if create {
             create_dir(dir)?;
         } else if !dir.is_dir() || !db.exists() {
@@ -637,9 +706,15 @@ impl Store {
         self.kdf
     }
 
-    /// The site file as it was when this store was opened.
+    /// The site file as it was when this store was opened, or last reloaded.
     pub fn site(&self) -> &SiteConfig {
         &self.site
+    }
+
+    /// Takes a reread site file (SIGHUP): types and audit bounds apply from now on. The store's
+    /// KDF parameters stay those pinned when it was created, whatever the file's `[kdf]` says.
+    pub fn set_site(&mut self, site: SiteConfig) {
+        self.site = site;
     }
 
     /// Called once per server start, before the socket opens (proto-spec.md §7): a committed
@@ -675,12 +750,7 @@ impl Store {
         admin: bool,
         params: argon2::Params,
     ) -> Result<(), StoreError> {
-        if !valid_user_name(name) {
-            return Err(StoreError::BadUserName { name: name.to_owned() });
-        }
-        if password.is_empty() {
-            return Err(StoreError::EmptyPassword);
-        }
+        check_new_user(name, password)?;
         let exists = |conn: &Connection| -> Result<bool, StoreError> {
             conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
                 .optional()
@@ -691,11 +761,7 @@ impl Store {
         if exists(&self.conn)? {
             return Err(StoreError::UserExists { name: name.to_owned() });
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| StoreError::PasswordHash { message: e.to_string() })?
-            .to_string();
+        let phc = hash_password(password, params)?;
         let db = &self.db;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).at(db)?;
         // Another process may have added the same name while we hashed.
@@ -949,6 +1015,31 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The recorded leases that `grants` would replace (another lease of the same license and
+    /// instance, whose removal is not written yet). A caller that writes those removals first
+    /// keeps their end events in the audit log, which reads the lease's row.
+    pub fn leases_replaced_by<'a>(
+        &self,
+        grants: impl IntoIterator<Item = &'a RestoredLease>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let db = &self.db;
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT lease_id FROM leases WHERE license = ?1 AND instance_id = ?2 AND lease_id != ?3",
+            )
+            .at(db)?;
+        let mut out = Vec::new();
+        for g in grants {
+            let id: Option<i64> = st
+                .query_row(params![g.license, &g.instance_id[..], lease_id_to_sql(g.lease_id)], |r| r.get(0))
+                .optional()
+                .at(db)?;
+            out.extend(id.map(lease_id_from_sql));
+        }
+        Ok(out)
     }
 
     /// Writes the server's grant journal in one transaction and returns only once it is on

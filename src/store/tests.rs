@@ -547,6 +547,14 @@ fn audit_log_records_every_seat_event_with_its_cause() {
     assert_eq!(last2, all[7..].to_vec());
     let after = s.audit(&AuditQuery { after_seq: Some(all[7].seq), ..Default::default() }).expect("q");
     assert_eq!(after, all[8..].to_vec());
+    // A page after a seq is the events right after it, not the newest (which skipped some).
+    let page = s.audit(&AuditQuery { after_seq: Some(all[1].seq), limit: Some(2), ..Default::default() });
+    assert_eq!(page.expect("q"), all[2..4].to_vec());
+    // An owner's view is filtered before the limit: bob owns nothing, alice everything.
+    let bobs = s.audit(&AuditQuery { owner: Some("bob".into()), limit: Some(2), ..Default::default() });
+    assert!(bobs.expect("q").is_empty());
+    let alices = s.audit(&AuditQuery { owner: Some("alice".into()), limit: Some(2), ..Default::default() });
+    assert_eq!(alices.expect("q"), all[7..].to_vec());
 }
 
 #[test]
@@ -637,4 +645,60 @@ fn a_hand_made_data_dir_is_made_private() {
     drop(open(&d));
     let mode = fs::metadata(d.path()).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+/// The backoff after the fifth wrong password is a real second, not "until the clock's next
+/// whole second": five failures late in one second and an attempt early in the next are
+/// 0.2 s apart, and the attempt must still wait.
+#[test]
+fn login_backoff_is_timed_in_milliseconds_not_clock_seconds() {
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    let d = test_dir();
+    let mut s = open(&d);
+    add(&mut s, "alice", "right", true).expect("add");
+    let ms = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while !(800..=830).contains(&ms()) && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for _ in 0..5 {
+        assert!(matches!(s.check_user("alice", "wrong"), Err(StoreError::WrongPassword { .. })));
+    }
+    // Into the next clock second, but well within the 1 s wait.
+    while ms() >= 800 && Instant::now() < give_up + Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    match s.check_user("alice", "right") {
+        Err(StoreError::LoginThrottled { retry_after_s, .. }) => assert_eq!(retry_after_s, 1),
+        other => panic!("a sixth attempt within the wait was checked: {other:?}"),
+    }
+}
+
+/// Issue 11 item 10: pruning with nothing due takes no write lock, so it neither waits for
+/// the server's commits nor makes them wait (its old single DELETE scanned the whole table
+/// under the write lock). Here another connection holds the write lock throughout.
+#[test]
+fn pruning_with_nothing_due_takes_no_write_lock() {
+    let d = test_dir();
+    let mut s = open(&d);
+    let now = 1_800_000_000u64;
+    let ops: Vec<_> = (0..100u64)
+        .map(|i| {
+            let mut l = lease(i + 1, 1, i as u8, "192.0.2.1:40000");
+            l.since_unix = now - 60;
+            JournalOp::Grant(l)
+        })
+        .collect();
+    s.apply(&ops).expect("grants");
+    let writer = rusqlite::Connection::open(s.db_path()).expect("second connection");
+    writer.execute_batch("BEGIN IMMEDIATE").expect("hold the write lock");
+    let r = crate::config::AuditRetention { keep: Duration::from_secs(86_400), max_events: 1_000 };
+    assert_eq!(s.prune_audit(r, now, 500).expect("nothing due: no write needed"), 0);
+    writer.execute_batch("ROLLBACK").expect("rollback");
+    // With the lock free, what is due goes, a batch at a time.
+    let r = crate::config::AuditRetention { keep: Duration::from_secs(86_400), max_events: 30 };
+    assert_eq!(s.prune_audit(r, now, 50).expect("prune"), 50);
+    assert_eq!(s.prune_audit(r, now, 50).expect("prune"), 20);
+    assert_eq!(s.prune_audit(r, now, 50).expect("prune"), 0);
+    assert_eq!(s.audit(&AuditQuery::default()).expect("audit").len(), 30);
 }

@@ -1,6 +1,8 @@
 //! Runs the real `lic-udp` binary on 127.0.0.1 for integration tests.
 #![allow(dead_code)] // each test binary uses a different part of this
 
+pub mod tools;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,10 +202,10 @@ pub fn start_serve(dir: &Path, listen: &str, extra: &[&str]) -> (ServerProc, Str
     }
 }
 
-/// The `N` of `N leases restored` in a start line.
+/// The `N` of `N leases restored` (or `1 lease restored`) in a start line.
 pub fn restored_leases(start_line: &str) -> usize {
     start_line
-        .split(" leases restored")
+        .split(" lease")
         .next()
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|n| n.parse().ok())

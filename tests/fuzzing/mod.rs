@@ -374,6 +374,10 @@ struct ServerHarness {
     lost_removes: usize,
     /// `lost_removes` as of the last restart: only a restart brings those leases back.
     restored_excess: usize,
+    /// Licenses that were revoked or given an end date at some point: the server ends a lease
+    /// of theirs when it tells the holder (ACK REVOKED / EXPIRED, proto-spec.md §5), and a
+    /// holder whose ACK was lost still thinks it holds the seat until it hears more.
+    ended_once: std::collections::HashSet<i64>,
 }
 
 fn boot(
@@ -439,6 +443,7 @@ impl ServerHarness {
             strict,
             lost_removes: 0,
             restored_excess: 0,
+            ended_once: std::collections::HashSet::new(),
         };
         for i in 0..SERVER_CLIENTS {
             h.pump(i);
@@ -592,6 +597,7 @@ impl ServerHarness {
             5 => {
                 let l = &mut self.licenses[usize::from(arg % 2)];
                 l.revoked = !l.revoked;
+                self.ended_once.insert(l.id);
                 self.core.sync_licenses(self.licenses.clone());
             }
             6 => self.restart(arg % 2 == 1),
@@ -599,6 +605,7 @@ impl ServerHarness {
                 let secs = u64::from(u16::from_le_bytes([arg, payload.get(1).copied().unwrap_or(0)]));
                 let at = (secs != 0).then(|| self.unix() + secs);
                 self.licenses[0].expires_unix = at;
+                self.ended_once.insert(self.licenses[0].id);
                 self.core.sync_licenses(self.licenses.clone());
             }
         }
@@ -715,7 +722,7 @@ impl ServerHarness {
         for (i, c) in self.clients.iter().enumerate() {
             // Only a client whose timers are up to date knows whether it still holds its seat.
             let current = c.core.poll_timeout().is_none_or(|t| t > self.now);
-            if !current || c.released || !c.core.is_holding() {
+            if !current || c.released || !c.core.is_holding() || self.ended_once.contains(&c.license) {
                 continue;
             }
             let lease = c.core.lease_id().expect("a holding client has a lease id");

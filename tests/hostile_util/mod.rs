@@ -64,7 +64,7 @@ impl TestServer {
         let (license, serial) = store.issue("alice", &ty, Some(seats), 0).expect("issue");
         let (server_salt, params) = (store.server_salt(), store.kdf());
         let keys = derive_license_keys(&serial, &server_salt, params).expect("kdf");
-        let keys = CachedKeys { server_salt, params, keys };
+        let keys = CachedKeys { serial: serial.clone(), server_salt, params, keys };
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind server");
         let (server, info) = Server::new(socket, store, opts).expect("server");
         let core = server.core();
@@ -95,6 +95,11 @@ impl TestServer {
 
     pub fn seats(&self) -> usize {
         self.core.seats_in_use().get(&self.license).copied().unwrap_or(0)
+    }
+
+    /// The server's data dir, for a second store handle (as `lic-udp issue` opens one).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn license_keys(&self) -> &LicenseKeys {

@@ -27,7 +27,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub const SALT: [u8; 16] =
     [0x5a, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f];
 pub const UNIX_BASE: u64 = 1_700_000_000;
-/// The server core's sweep period (`ServerCore::poll_timeout` is `now + 250 ms`).
+/// The server core's sweep period (`ServerCore::poll_timeout` is the next 250 ms boundary).
 pub const SWEEP: Duration = Duration::from_millis(250);
 pub const TTL: Duration = Duration::from_secs(60);
 pub const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -5,13 +5,8 @@ use lic_udp::config::ConfigError;
 use lic_udp::store::StoreError;
 use lic_udp::AcquireError;
 
-pub const FULL: i32 = 1;
-pub const LICENSE: i32 = 2;
-pub const UNREACHABLE: i32 = 3;
-pub const USAGE: i32 = 64;
-pub const NO_DATA: i32 = 66;
-pub const IO: i32 = 74;
-pub const CONFIG: i32 = 78;
+pub use lic_udp::exit_code::{CONFIG, FULL, IO, LICENSE, NO_DATA, UNREACHABLE, USAGE};
+use lic_udp::locate::LocateError;
 
 /// A message for stderr and the exit code that goes with it.
 pub struct Failure {
@@ -31,16 +26,7 @@ impl Failure {
 
 impl From<AcquireError> for Failure {
     fn from(e: AcquireError) -> Self {
-        let code = match &e {
-            AcquireError::Full { .. } | AcquireError::Busy { .. } | AcquireError::Unavailable { .. } => FULL,
-            AcquireError::Revoked
-            | AcquireError::Expired
-            | AcquireError::UnknownLicense(_)
-            | AcquireError::Kdf(_) => LICENSE,
-            AcquireError::Unreachable(_) | AcquireError::TimedOut(_) => UNREACHABLE,
-            AcquireError::Io { .. } => UNREACHABLE,
-        };
-        Self::new(code, e.to_string())
+        Self::new(e.exit_code(), e.to_string())
     }
 }
 
@@ -53,10 +39,17 @@ impl From<StoreError> for Failure {
             | StoreError::LoginThrottled { .. }
             | StoreError::NoSuchLicense { .. }
             | StoreError::NotOwner { .. }
-            | StoreError::AlreadyRevoked { .. } => LICENSE,
-            StoreError::BadUserName { .. } | StoreError::EmptyPassword | StoreError::BadSeats { .. } => USAGE,
+            | StoreError::AlreadyRevoked { .. }
+            | StoreError::LastAdmin { .. }
+            | StoreError::OwnsLicenses { .. } => LICENSE,
+            StoreError::BadUserName { .. }
+            | StoreError::ReservedUserName { .. }
+            | StoreError::EmptyPassword
+            | StoreError::BadSeats { .. } => USAGE,
             StoreError::Config(_) => CONFIG,
-            StoreError::NoDataDir { .. } => NO_DATA,
+            StoreError::NoDataDir { .. } | StoreError::NotADirectory { .. } => NO_DATA,
+            // An etcd without quorum, or not there: like a license server that does not answer.
+            StoreError::Etcd(inner) if inner.is_unavailable() => UNREACHABLE,
             _ => IO,
         };
         Self::new(code, e.to_string())
@@ -66,6 +59,12 @@ impl From<StoreError> for Failure {
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         Self::new(CONFIG, e.to_string())
+    }
+}
+
+impl From<LocateError> for Failure {
+    fn from(e: LocateError) -> Self {
+        Self::new(e.exit_code(), e.to_string())
     }
 }
 

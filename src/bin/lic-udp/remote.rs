@@ -13,8 +13,8 @@ use crate::exit::{Failure, LICENSE, UNREACHABLE, USAGE};
 
 #[derive(Args, Clone, Default)]
 pub struct ApiOpt {
-    /// The dashboard's URL, e.g. http://127.0.0.1:7380 [env: LIC_UDP_URL]. Default: the one
-    /// the server on this host recorded in the data dir.
+    /// The dashboard's URL, e.g. http://127.0.0.1:7380 [env: LIC_UDP_URL]; needs --token.
+    /// Default: the one the server on this host recorded in the data dir.
     #[arg(long, env = "LIC_UDP_URL", hide_env = true)]
     pub url: Option<String>,
     /// An API token from `lic-udp token add` [env: LIC_UDP_TOKEN].
@@ -22,16 +22,32 @@ pub struct ApiOpt {
     pub token: Option<String>,
 }
 
-/// Where to send API calls, if anywhere.
-pub fn endpoint(o: &ApiOpt, data_dir: &Path) -> Option<Endpoint> {
-    let local = read_endpoint(data_dir);
-    match (&o.url, &o.token, local) {
-        (Some(url), Some(token), _) => Some(Endpoint { url: url.clone(), token: token.clone() }),
-        (Some(url), None, Some(l)) => Some(Endpoint { url: url.clone(), token: l.token }),
-        (None, Some(token), Some(l)) => Some(Endpoint { url: l.url, token: token.clone() }),
-        (None, None, Some(l)) => Some(l),
-        _ => None,
+/// Where to send API calls, if anywhere, and whether the user named it (`--url` or
+/// `$LIC_UDP_URL`) rather than the data dir.
+///
+/// The data dir's local token is an admin credential for the server that wrote it, so it goes
+/// only to the URL written beside it: with `--url`, a token must be given too, or whatever
+/// answers at that URL (a typo, a look-alike host) would receive it.
+pub fn endpoint(o: &ApiOpt, data_dir: &Path) -> Result<Option<(Endpoint, Named)>, Failure> {
+    match (&o.url, &o.token) {
+        (Some(url), Some(token)) => Ok(Some((Endpoint { url: url.clone(), token: token.clone() }, Named::ByUser))),
+        (Some(url), None) => Err(Failure::usage(format!(
+            "--url {url} (or $LIC_UDP_URL) needs --token T (or $LIC_UDP_TOKEN), an API token from `lic-udp token \
+             add`; the data dir's local token is only sent to the server that wrote it"
+        ))),
+        (None, token) => Ok(read_endpoint(data_dir).map(|l| {
+            let token = token.clone().unwrap_or(l.token);
+            (Endpoint { url: l.url, token }, Named::ByDataDir)
+        })),
     }
+}
+
+/// Who chose the dashboard: a URL the user named must answer; the data dir's record may be
+/// stale (a killed server leaves it behind), so `status` falls back to the data dir then.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    ByUser,
+    ByDataDir,
 }
 
 /// Why an API call failed: no server (fall back or exit 3), or the server's refusal.

@@ -17,12 +17,14 @@ use crate::remote::{self, ApiError, ApiOpt};
 pub struct StatusOpt {
     /// Data dir [env: LIC_UDP_DATA_DIR].
     #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Machine-readable output (format documented in README.md).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     api: ApiOpt,
+    #[command(flatten)]
+    store: crate::cluster::StoreOpt,
 }
 
 #[derive(Args)]
@@ -32,9 +34,17 @@ pub struct ReleaseOpt {
     lease: String,
     /// Data dir [env: LIC_UDP_DATA_DIR].
     #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     #[command(flatten)]
     api: ApiOpt,
+    #[command(flatten)]
+    store: crate::cluster::StoreOpt,
+    /// With --store: the license's owner or an admin account (its password is asked for).
+    #[arg(long)]
+    user: Option<String>,
+    /// Read the password from the first line of standard input instead of a hidden prompt.
+    #[arg(long)]
+    password_stdin: bool,
 }
 
 #[derive(Args)]
@@ -54,15 +64,27 @@ pub struct LogOpt {
     csv: bool,
     /// Data dir [env: LIC_UDP_DATA_DIR].
     #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    #[command(flatten)]
+    store: crate::cluster::StoreOpt,
 }
 
 pub fn status(o: StatusOpt) -> Result<i32, Failure> {
-    let live = match remote::endpoint(&o.api, &o.data_dir) {
-        Some(ep) => match remote::get(&ep, "/api/status") {
+    let from_etcd = match &o.store.store {
+        Some(url) => Some(crate::cluster::status(url, &o.data_dir)?),
+        None => None,
+    };
+    let endpoint = if from_etcd.is_some() { None } else { remote::endpoint(&o.api, &o.data_dir)? };
+    let live = match endpoint {
+        _ if from_etcd.is_some() => from_etcd,
+        Some((ep, named)) => match remote::get(&ep, "/api/status") {
             Ok(v) => Some(serde_json::from_value::<Status>(v).map_err(|e| {
                 Failure::new(IO, format!("the server's status is not what this lic-udp expects: {e}"))
             })?),
+            // The user asked for that server; the data dir here may be another one's.
+            Err(ApiError::Unreachable(m)) if named == remote::Named::ByUser => {
+                return Err(Failure::new(UNREACHABLE, m))
+            }
             Err(ApiError::Unreachable(m)) => {
                 eprintln!("lic-udp: {m}; showing the data dir's record instead");
                 None
@@ -74,6 +96,7 @@ pub fn status(o: StatusOpt) -> Result<i32, Failure> {
     let st = match live {
         Some(s) => s,
         None => {
+            crate::announce_data_dir(&o.data_dir);
             let store = Store::open_existing(&o.data_dir)?;
             status::build(store.licenses()?, status::Holders::Recorded(&store.leases()?), unix_now())
         }
@@ -115,6 +138,9 @@ fn render_status(st: &Status) -> String {
             if let Some(last) = &h.last_heartbeat {
                 let _ = write!(text, "  last heartbeat {last}");
             }
+            if let Some(node) = &h.node {
+                let _ = write!(text, "  node {node}");
+            }
             text.push('\n');
         }
     }
@@ -127,8 +153,12 @@ fn render_status(st: &Status) -> String {
 }
 
 pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
-    lic_udp::http::api::lease_id(&o.lease).map_err(|e| Failure::usage(e.message()))?;
-    let ep = remote::endpoint(&o.api, &o.data_dir).ok_or_else(|| {
+    let lease = lic_udp::http::api::lease_id(&o.lease).map_err(|e| Failure::usage(e.message()))?;
+    if let Some(url) = &o.store.store {
+        let pw = || crate::admin::password(o.password_stdin, false);
+        return crate::cluster::release(url, &o.data_dir, lease, o.user.as_deref(), pw);
+    }
+    let (ep, _) = remote::endpoint(&o.api, &o.data_dir)?.ok_or_else(|| {
         Failure::new(
             UNREACHABLE,
             format!(
@@ -151,7 +181,7 @@ pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
 }
 
 /// `--since`: what `/api/log?since=` takes (unix seconds or RFC 3339), or a duration before now.
-fn since(s: &str) -> Result<u64, Failure> {
+pub(crate) fn since(s: &str) -> Result<u64, Failure> {
     if let Ok(t) = lic_udp::http::api::parse_time(s) {
         return Ok(t);
     }
@@ -212,9 +242,14 @@ pub fn log(o: LogOpt) -> Result<i32, Failure> {
         return Err(Failure::new(USAGE, "--limit must be at least 1"));
     }
     let since_unix = o.since.as_deref().map(since).transpose()?;
-    let store = Store::open_existing(&o.data_dir)?;
-    let entries =
-        store.audit(&AuditQuery { since_unix, license: o.license, after_seq: None, limit: Some(o.limit) })?;
+    let q = AuditQuery { since_unix, license: o.license, limit: Some(o.limit), ..AuditQuery::default() };
+    let entries = match &o.store.store {
+        Some(url) => crate::cluster::log(url, &o.data_dir, &q)?,
+        None => {
+            crate::announce_data_dir(&o.data_dir);
+            Store::open_existing(&o.data_dir)?.audit(&q)?
+        }
+    };
     if entries.is_empty() && !o.csv {
         eprintln!("no audit events match");
     }

@@ -1,27 +1,25 @@
 //! The user's commands: check a license, hold a seat around a program, activate once.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use clap::Args;
 use lic_udp::activation::{self, Activation};
+use lic_udp::locate::{self, ENV_SERVER};
 use lic_udp::server::DEFAULT_PORT;
 use lic_udp::{Client, Seat, SeatStatus, Serial};
 
 use crate::duration;
 use crate::exit::{Failure, IO, LICENSE};
 
-/// Environment variable naming the default license server.
-const ENV_SERVER: &str = "LIC_UDP_SERVER";
-
 #[derive(Args)]
 pub struct Target {
     /// The 10-digit serial (spaces and dashes are fine). Defaults to the activated one.
     #[arg(long)]
     serial: Option<String>,
-    /// License server, HOST or HOST:PORT [default: $LIC_UDP_SERVER, the activated server, or
-    /// 127.0.0.1:7301].
+    /// License server, HOST or HOST:PORT, or the nodes of a cluster as HOST[:PORT],HOST[:PORT]…
+    /// [default: $LIC_UDP_SERVER, the activated server, or 127.0.0.1:7301].
     #[arg(long)]
     server: Option<String>,
     /// Give up a first acquisition after this long, at least 1s [default: the retransmit
@@ -40,7 +38,8 @@ pub struct VerifyOpt {
 pub enum OnLoss {
     /// Report on stderr and keep PROGRAM running while trying to regain the seat.
     Warn,
-    /// Stop PROGRAM (SIGTERM) when the seat is lost, revoked or expired.
+    /// Stop PROGRAM (SIGTERM) when the seat is lost, revoked or expired; and PROGRAM gets
+    /// SIGKILL if `lic-udp run` itself dies (even by SIGKILL).
     Kill,
 }
 
@@ -61,7 +60,8 @@ pub struct ActivateOpt {
     /// The 10-digit serial to remember.
     #[arg(long)]
     serial: String,
-    /// License server, HOST or HOST:PORT [default: $LIC_UDP_SERVER or 127.0.0.1:7301].
+    /// License server, HOST or HOST:PORT, or a cluster's nodes as HOST[:PORT],HOST[:PORT]…
+    /// [default: $LIC_UDP_SERVER or 127.0.0.1:7301].
     #[arg(long)]
     server: Option<String>,
     /// Give up after this long, at least 1s [default: the retransmit schedule, 20-50 s].
@@ -80,57 +80,25 @@ fn timeout(s: &str) -> Result<Duration, String> {
 
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT` or `[IPv6]:PORT`; the port defaults to 7301.
 pub(crate) fn resolve(server: &str) -> Result<SocketAddr, Failure> {
-    if let Ok(a) = server.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = server.trim_matches(['[', ']']).parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
-    }
-    let has_port = server.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    let text = if has_port { server.to_owned() } else { format!("{server}:{DEFAULT_PORT}") };
-    text.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        Failure::usage(format!("cannot resolve the server address `{server}` (use HOST or HOST:PORT)"))
-    })
+    Ok(locate::resolve(server)?)
+}
+
+/// `A,B,C`: the nodes of one cluster, tried in this order.
+pub(crate) fn resolve_list(servers: &str) -> Result<Vec<SocketAddr>, Failure> {
+    Ok(locate::resolve_list(servers)?)
 }
 
 /// Serial and server from the flags, then the environment, then the activation file.
 fn client_for(t: &Target) -> Result<(Client, Serial), Failure> {
-    let path = activation::default_path()?;
-    let act = match activation::load(&path) {
-        Ok(a) => a,
-        // Only needed when no serial was given; otherwise say so and carry on without it.
-        Err(e) if t.serial.is_some() => {
-            eprintln!("lic-udp: ignoring the activation file: {e}");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let server_text = t
-        .server
-        .clone()
-        .or_else(|| std::env::var(ENV_SERVER).ok().filter(|s| !s.is_empty()))
-        .or_else(|| act.as_ref().map(|a| a.server.clone()))
-        .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
-    let server = resolve(&server_text)?;
-    let serial = match (&t.serial, &act) {
-        (Some(s), _) => Serial::parse(s).map_err(|e| Failure::usage(e.to_string()))?,
-        (None, Some(a)) => a.serial(&path)?,
-        (None, None) => {
-            return Err(Failure::usage(
-                "no serial: pass --serial, or run `lic-udp activate --serial SERIAL` once",
-            ))
-        }
-    };
-    let mut client = Client::new(server);
-    if let Some(a) = &act {
-        if a.serial(&path).ok().as_ref() == Some(&serial) {
-            client = client.with_cached_keys(a.cached_keys(&path)?);
-        }
+    let found = locate::locate(t.serial.as_deref(), t.server.as_deref())?;
+    if let Some(e) = &found.ignored_activation {
+        eprintln!("lic-udp: ignoring the activation file: {e}");
     }
+    let mut client = found.client;
     if let Some(d) = t.timeout {
         client = client.with_acquire_timeout(d);
     }
-    Ok((client, serial))
+    Ok((client, found.serial))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -184,9 +152,9 @@ pub fn activate(o: ActivateOpt) -> Result<i32, Failure> {
         .clone()
         .or_else(|| std::env::var(ENV_SERVER).ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
-    let server = resolve(&server_text)?;
+    let servers = resolve_list(&server_text)?;
     let path = activation::default_path()?;
-    let mut client = Client::new(server);
+    let mut client = Client::new(servers[0]).with_servers(servers);
     if let Some(d) = o.timeout {
         client = client.with_acquire_timeout(d);
     }
@@ -195,7 +163,9 @@ pub fn activate(o: ActivateOpt) -> Result<i32, Failure> {
         seat.release().await;
         Ok::<(), Failure>(())
     })?;
-    let keys = client.cached_keys().ok_or_else(|| Failure::new(IO, "the key derivation did not finish"))?;
+    let keys = client
+        .cached_keys_for(&serial)
+        .ok_or_else(|| Failure::new(IO, "the key derivation did not finish"))?;
     activation::save(&path, &Activation::new(&server_text, &serial, &keys))?;
     println!("activated: {} (server {server_text})", path.display());
     Ok(0)
@@ -210,8 +180,24 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
     // grant and a release in the audit log.
     preflight(program)?;
     runtime()?.block_on(async {
-        let seat = acquire_noisy(&client, &serial).await?;
-        let mut child = match tokio::process::Command::new(program).args(args).spawn() {
+        // Installed before the seat is asked for: a SIGTERM that lands between the grant and
+        // the spawn must reach PROGRAM, not kill `run` with the seat still held.
+        let mut signals = Signals::install()?;
+        let seat = tokio::select! {
+            r = acquire_noisy(&client, &serial) => r?,
+            sig = signals.next() => {
+                return Err(Failure::new(128 + sig as i32, format!("stopped by {sig} before a seat was granted")));
+            }
+        };
+        // With `--on-loss kill`, PROGRAM must not outlive a SIGKILLed `run` either (tether.rs).
+        let mut command = match o.on_loss {
+            OnLoss::Kill => crate::tether::command(program, args)?,
+            OnLoss::Warn => tokio::process::Command::new(program),
+        };
+        if o.on_loss == OnLoss::Warn {
+            command.args(args);
+        }
+        let mut child = match command.spawn() {
             Ok(c) => c,
             Err(e) => {
                 seat.release().await;
@@ -219,10 +205,24 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
                 return Err(Failure::new(code, format!("cannot start {program}: {e}")));
             }
         };
-        let status = supervise(&mut child, &seat, o.on_loss, client.server()).await;
-        seat.release().await;
+        let status = supervise(&mut child, &seat, &mut signals, o.on_loss, client.server()).await;
+        release_briefly(seat, client.server()).await;
         Ok(status.map(exit_code).unwrap_or(IO))
     })
+}
+
+/// How long `run` waits for the server to confirm a release once PROGRAM has ended. On a LAN
+/// the answer takes milliseconds; the library's full retransmit schedule (~14 s) would hold
+/// the user's shell for a seat the server frees anyway when the lease expires.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// One short release attempt: PROGRAM's status should not wait on an unreachable server.
+async fn release_briefly(seat: Seat, server: SocketAddr) {
+    if tokio::time::timeout(RELEASE_WAIT, seat.release()).await.is_err() {
+        eprintln!(
+            "lic-udp: no answer from {server} to the release; the seat will be freed when its lease expires"
+        );
+    }
 }
 
 /// Finds PROGRAM as `execvp` would (a path if it has a `/`, else each `$PATH` entry) and checks
@@ -260,23 +260,45 @@ fn preflight(program: &str) -> Result<(), Failure> {
     }
 }
 
+/// SIGINT and SIGTERM as `run` catches them. Tokio keeps a signal that arrives while nobody
+/// waits, so one caught before PROGRAM exists is forwarded as soon as it does.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Failure> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let fail = |e: std::io::Error| Failure::new(IO, format!("cannot install the signal handlers: {e}"));
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(fail)?,
+            term: signal(SignalKind::terminate()).map_err(fail)?,
+        })
+    }
+
+    async fn next(&mut self) -> nix::sys::signal::Signal {
+        tokio::select! {
+            _ = self.int.recv() => nix::sys::signal::Signal::SIGINT,
+            _ = self.term.recv() => nix::sys::signal::Signal::SIGTERM,
+        }
+    }
+}
+
 /// Waits for the child while forwarding SIGINT/SIGTERM to it and reporting seat changes.
 async fn supervise(
     child: &mut tokio::process::Child,
     seat: &Seat,
+    signals: &mut Signals,
     on_loss: OnLoss,
     server: SocketAddr,
 ) -> Option<ExitStatus> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigint = signal(SignalKind::interrupt()).ok()?;
-    let mut sigterm = signal(SignalKind::terminate()).ok()?;
     let mut status = seat.status();
     let mut watching = true;
     loop {
         tokio::select! {
             r = child.wait() => return r.ok(),
-            _ = sigint.recv() => forward(child, nix::sys::signal::Signal::SIGINT),
-            _ = sigterm.recv() => forward(child, nix::sys::signal::Signal::SIGTERM),
+            sig = signals.next() => forward(child, sig),
             changed = status.changed(), if watching => {
                 if changed.is_err() {
                     watching = false;

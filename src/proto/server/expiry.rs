@@ -58,6 +58,15 @@ impl ExpiryWheel {
         out
     }
 
+    /// The first slot boundary after `now`: when the next slot comes due. A sweep then, rather
+    /// than one period after the last sweep (which drifts off the boundaries by however late
+    /// each sweep ran), removes a lease within one slot of its deadline, not two.
+    pub(super) fn next_boundary(&self, now: Instant) -> Instant {
+        let next = self.slot_index(now).saturating_add(1);
+        let ms = next.saturating_mul(u64::try_from(SLOT.as_millis()).unwrap_or(u64::MAX));
+        self.start.checked_add(Duration::from_millis(ms)).unwrap_or(now + SLOT)
+    }
+
     /// True when due work is left over from a budgeted call.
     pub(super) fn backlog(&self, now: Instant) -> bool {
         let current = self.slot_index(now);
@@ -84,5 +93,15 @@ mod tests {
         assert_eq!(w.due(t0 + Duration::from_millis(250), 100).len(), 6);
         assert!(w.due(t0 + Duration::from_millis(700), 100).is_empty(), "600 ms is in slot 3");
         assert_eq!(w.due(t0 + Duration::from_millis(750), 100), vec![1]);
+    }
+
+    #[test]
+    fn the_next_sweep_is_at_the_next_slot_boundary() {
+        let t0 = Instant::now();
+        let w = ExpiryWheel::new(t0);
+        let ms = Duration::from_millis;
+        assert_eq!(w.next_boundary(t0), t0 + ms(250));
+        assert_eq!(w.next_boundary(t0 + ms(1_234)), t0 + ms(1_250));
+        assert_eq!(w.next_boundary(t0 + ms(1_250)), t0 + ms(1_500));
     }
 }

@@ -57,23 +57,62 @@ struct LicenseState {
     proof_key: MacKey,
     /// instance_id → lease_id: one lease per instance, the idempotency key of §4 step 5.
     holders: HashMap<[u8; 16], u64>,
-    /// instance_id → (client_nonce, cookie) of the last session of a lease that was released or
-    /// expired, kept while that cookie can still verify, so that a replay of its PROOF cannot
-    /// bring the lease back (§10).
-    retired: HashMap<[u8; 16], ([u8; 16], Cookie)>,
+    /// instance_id → the (client_nonce, cookie) pairs of its sessions that are over (re-keyed by
+    /// a newer PROOF, or their lease released or expired), kept while those cookies can still
+    /// verify, so that a replay of their PROOFs can neither re-key a lease nor bring one back
+    /// (§4 step 5, §10). Cookie `ts` alone cannot tell them apart: two sessions opened within
+    /// one server second carry the same `ts`.
+    retired: HashMap<[u8; 16], Retired>,
     /// When `retired` was last pruned: at most once a second, so that releasing or expiring
     /// many leases at once stays linear. Entries left a second too long are harmless: their
     /// cookies no longer pass the cookie check anyway.
     pruned_at_s: u32,
     /// Failed PROOFs against this license from all addresses (§4 "Throttling").
     guard: LicenseGuard,
+    /// instance_id → lease_id of seats held through other nodes of a cluster, as the store
+    /// last showed them (empty on a single server). They count against the seat limit here,
+    /// and a PROOF from one of these instances takes its seat over (§11).
+    foreign: HashMap<[u8; 16], u64>,
+}
+
+impl LicenseState {
+    /// Seats taken, here and on the other nodes of a cluster.
+    fn used(&self) -> usize {
+        self.holders.len() + self.foreign.len()
+    }
+}
+
+/// One instance's sessions that are over. Nearly always one; more only when the instance
+/// re-handshakes within a cookie lifetime (a spoofed STALE, a release and a new acquisition).
+#[derive(Default)]
+struct Retired {
+    pairs: Vec<([u8; 16], Cookie)>,
+}
+
+impl Retired {
+    /// Was this PROOF's session used before, or is it older than one that was? Either way it is
+    /// a replay: a client's new handshake has a fresh nonce and a cookie no older than its last.
+    fn spent(&self, nonce: &[u8; 16], cookie: &Cookie) -> bool {
+        self.pairs.iter().any(|(n, c)| (n == nonce && c == cookie) || cookie.ts < c.ts)
+    }
+}
+
+/// Remembers that a session is over, for [`Retired::spent`].
+fn retire(lic: &mut LicenseState, now_s: u32, instance: &[u8; 16], nonce: [u8; 16], cookie: Cookie) {
+    prune_retired(lic, now_s);
+    let r = lic.retired.entry(*instance).or_default();
+    r.pairs.retain(|(_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
+    r.pairs.push((nonce, cookie));
 }
 
 /// Forgets retired sessions whose cookies can no longer verify (at most once a second).
 fn prune_retired(lic: &mut LicenseState, now_s: u32) {
     if lic.pruned_at_s != now_s {
         lic.pruned_at_s = now_s;
-        lic.retired.retain(|_, (_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
+        lic.retired.retain(|_, r| {
+            r.pairs.retain(|(_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
+            !r.pairs.is_empty()
+        });
     }
 }
 
@@ -144,6 +183,12 @@ pub struct ServerCore {
     /// False after the store refused a commit, until the driver sees it take writes again. New
     /// grants are denied UNAVAILABLE meanwhile; heartbeats of holders are unaffected.
     store_ok: AtomicBool,
+    /// Clusters: no ACK OK after this instant (ms since `start`; `u64::MAX` on a single
+    /// server). The driver moves it forward each time etcd renews the node's lease, so that
+    /// every ACK's promise ends before the lease, and the records it keeps alive, can (§11).
+    ack_until_ms: AtomicU64,
+    /// Clusters: the longest TTL a lease may promise (ms; `u64::MAX` on a single server).
+    ttl_cap_ms: AtomicU64,
     throttle: Throttle,
     /// When the throttle was last swept (ms since `start`; `u64::MAX`: never).
     throttle_swept_ms: AtomicU64,
@@ -197,6 +242,8 @@ impl ServerCore {
             denials: Mutex::new(Vec::new()),
             grace_until: cfg_grace.map(|d| now + d),
             store_ok: AtomicBool::new(true),
+            ack_until_ms: AtomicU64::new(u64::MAX),
+            ttl_cap_ms: AtomicU64::new(u64::MAX),
             throttle: Throttle::default(),
             throttle_swept_ms: AtomicU64::new(u64::MAX),
             replies,
@@ -223,7 +270,7 @@ impl ServerCore {
         // seats lowered while the server was down) or two leases of one instance. The limit
         // holds anyway: the oldest grants are kept (the store lists them by age), the rest are
         // dropped and their removal journaled.
-        if lic.holders.contains_key(&r.instance_id) || lic.holders.len() >= usize::from(lic.rec.seats) {
+        if lic.holders.contains_key(&r.instance_id) || lic.used() >= usize::from(lic.rec.seats) {
             drop(lic);
             self.push_journal(JournalOp::Remove { lease_id: r.lease_id, why: EndReason::Dropped });
             return;
@@ -261,6 +308,23 @@ impl ServerCore {
         self.store_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// Clusters: heartbeats are acknowledged only before `until`; later ones get STALE, so
+    /// their holders move to another node (§11). The driver calls this after each renewal of
+    /// the node's etcd lease.
+    pub fn set_ack_deadline(&self, until: Instant) {
+        let ms =
+            u64::try_from(until.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX - 1);
+        self.ack_until_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether an ACK OK may be sent at `now` (always, on a single server).
+    fn ack_allowed(&self, now: Instant) -> bool {
+        let until = self.ack_until_ms.load(Ordering::Relaxed);
+        until == u64::MAX
+            || u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+                <= until
+    }
+
     pub fn store_available(&self) -> bool {
         self.store_ok.load(Ordering::Relaxed)
     }
@@ -284,11 +348,29 @@ impl ServerCore {
     }
 
     fn ttl(&self, rec: &LicenseRecord) -> Duration {
-        self.cfg.ttl_override.unwrap_or(rec.ttl)
+        let ttl = self.cfg.ttl_override.unwrap_or(rec.ttl);
+        match self.ttl_cap_ms.load(Ordering::Relaxed) {
+            u64::MAX => ttl,
+            cap => ttl.min(Duration::from_millis(cap)),
+        }
     }
 
     fn heartbeat(&self, rec: &LicenseRecord) -> Duration {
-        self.cfg.heartbeat_override.unwrap_or(rec.heartbeat)
+        let hb = self.cfg.heartbeat_override.unwrap_or(rec.heartbeat);
+        let ttl = self.ttl(rec);
+        // A TTL cut down by the cap keeps about four heartbeats in it.
+        if hb >= ttl {
+            ttl / 4
+        } else {
+            hb
+        }
+    }
+
+    /// Clusters: no lease promises more than `cap`, the TTL the node's etcd lease and ACK gate
+    /// were sized for at start; a license issued later with a longer TTL is served with this
+    /// one (§11).
+    pub fn set_ttl_cap(&self, cap: Duration) {
+        self.ttl_cap_ms.store(u64::try_from(cap.as_millis()).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
     }
 
     fn now_s(&self, now: Instant) -> u32 {
@@ -309,6 +391,17 @@ impl ServerCore {
 
     pub fn has_pending_journal(&self) -> bool {
         self.journal.lock().map(|j| !j.is_empty()).unwrap_or(false)
+    }
+
+    /// Whether the lease's grant has been committed (its GRANT may be sent). False for a lease
+    /// that is gone.
+    pub fn is_durable(&self, lease_id: u64) -> bool {
+        self.leases.get(&lease_id).is_some_and(|l| l.durable)
+    }
+
+    /// Live lease ids, for a cluster node to drop them all when its etcd lease is gone.
+    pub fn lease_ids(&self) -> Vec<u64> {
+        self.leases.iter().map(|l| *l.key()).collect()
     }
 
     /// The grants in `ops` are durable: their GRANTs may now be sent.
@@ -353,6 +446,7 @@ impl ServerCore {
                 retired: HashMap::new(),
                 pruned_at_s: 0,
                 guard: LicenseGuard::default(),
+                foreign: HashMap::new(),
             });
             let ended = if rec.revoked { Some(AckStatus::Revoked) } else { None };
             for lease_id in entry.holders.values() {
@@ -368,12 +462,14 @@ impl ServerCore {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next run: at once while a mass
-    /// expiry is being worked off, else one sweep period later.
+    /// expiry is being worked off, else at the next sweep period boundary (counted from the
+    /// core's start), when the next slot of deadlines comes due: a lease then ends within one
+    /// sweep period of its deadline (proto-spec.md §5).
     pub fn poll_timeout(&self, now: Instant) -> Instant {
         if self.expiry.backlog(now) {
             now
         } else {
-            now + SWEEP_PERIOD
+            self.expiry.next_boundary(now)
         }
     }
 
@@ -427,6 +523,19 @@ impl ServerCore {
         ended_at: Option<u32>,
         why: EndReason,
     ) -> bool {
+        self.remove_lease_journaled(license_id, lease_id, instance, ended_at, Some(why))
+    }
+
+    /// [`remove_lease`](Self::remove_lease); `why` None journals nothing (a record the store
+    /// no longer holds for this node).
+    fn remove_lease_journaled(
+        &self,
+        license_id: &[u8; 8],
+        lease_id: u64,
+        instance: &[u8; 16],
+        ended_at: Option<u32>,
+        why: Option<EndReason>,
+    ) -> bool {
         let lic = self.licenses.get_mut(license_id);
         let removed = self.leases.remove(&lease_id).map(|(_, l)| l);
         if let Some(mut lic) = lic {
@@ -435,11 +544,10 @@ impl ServerCore {
             }
             let session = removed.as_ref().and_then(|l| l.session.as_ref());
             if let (Some(now_s), Some(s)) = (ended_at, session) {
-                prune_retired(&mut lic, now_s);
-                lic.retired.insert(*instance, (s.client_nonce, s.cookie));
+                retire(&mut lic, now_s, instance, s.client_nonce, s.cookie);
             }
         }
-        if removed.is_some() && ended_at.is_some() {
+        if let (Some(why), true, true) = (why, removed.is_some(), ended_at.is_some()) {
             self.push_journal(JournalOp::Remove { lease_id, why });
         }
         removed.is_some()
@@ -449,12 +557,13 @@ impl ServerCore {
         let now_s = self.now_s(now);
         let stale = self.cookies.read().map(|j| j.needs_rotation(now_s)).unwrap_or(false);
         if stale {
-            let key: [u8; 32] = self.rng.lock().map(|mut r| r.gen()).unwrap_or([0; 32]);
+            let mut key: [u8; 32] = self.rng.lock().map(|mut r| r.gen()).unwrap_or([0; 32]);
             if let Ok(mut jar) = self.cookies.write() {
                 if jar.needs_rotation(now_s) {
                     jar.rotate(key, now_s);
                 }
             }
+            zeroize::Zeroize::zeroize(&mut key);
         }
     }
 
@@ -483,6 +592,21 @@ impl ServerCore {
                 Reply::None
             }
         }
+    }
+
+    /// Would [`handle`](Self::handle) answer this datagram UNKNOWN: a PROOF with a valid cookie
+    /// for `src` naming a license this core does not know? Charges nothing and counts nothing,
+    /// so that the driver can reread its store first (a license issued a moment ago) and then
+    /// handle the datagram once.
+    pub fn names_unknown_license(&self, now: Instant, src: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok(wire::Frame { msg: Message::Proof(p), .. }) = wire::decode(datagram) else {
+            return false;
+        };
+        if self.licenses.contains_key(&p.license_id) {
+            return false;
+        }
+        let now_s = self.now_s(now);
+        self.cookies.read().map(|j| j.check(now_s, &p.cookie, &src, &p.client_nonce)).unwrap_or(false)
     }
 
     /// May an unauthenticated reply go to `src`? Counts the ones that may not.
@@ -571,30 +695,49 @@ impl ServerCore {
             return Reply::None;
         }
         lic.guard.succeeded(src.ip(), now_s);
-        // A replay of the PROOF of a session whose lease has ended (released or expired) while
-        // its cookie still lives: step 5 would have dropped it had the lease still been there.
-        if !lic.retired.is_empty() && !lic.holders.contains_key(&p.instance_id) {
+        // A replay of the PROOF of a session that is over (re-keyed, or its lease released or
+        // expired) while its cookie still lives: it must neither re-key the lease nor bring
+        // it back (step 5).
+        if !lic.retired.is_empty() {
             prune_retired(&mut lic, now_s);
-            if let Some((nonce, cookie)) = lic.retired.get(&p.instance_id) {
-                if (*nonce == p.client_nonce && *cookie == p.cookie) || p.cookie.ts < cookie.ts {
-                    bump(&self.stats.dropped_replay);
-                    return Reply::None;
-                }
+            if lic.retired.get(&p.instance_id).is_some_and(|r| r.spent(&p.client_nonce, &p.cookie)) {
+                bump(&self.stats.dropped_replay);
+                return Reply::None;
             }
         }
         let seats = lic.rec.seats;
-        let used = lic.holders.len();
+        let used = lic.used();
         let ttl = self.ttl(&lic.rec);
         let hb = self.heartbeat(&lic.rec);
         let epoch = self.cfg.epoch;
+
+        // Clusters: a GRANT promises a TTL as an ACK does; past the ACK gate this node cannot
+        // vouch for it, so the client is sent to another node (§11).
+        if !self.ack_allowed(now) {
+            bump(&self.stats.stale_gated);
+            return self.deny(&lic.rec, p, src, unix, DenyReason::Unavailable, 1000, used, out);
+        }
 
         // Step 5: this instance already holds a lease.
         if let Some(&lease_id) = lic.holders.get(&p.instance_id) {
             if let Some(mut lease) = self.leases.get_mut(&lease_id) {
                 if let Some(status) = lease.ended {
-                    let reason =
-                        if status == AckStatus::Expired { DenyReason::Expired } else { DenyReason::Revoked };
+                    let (reason, why) = if status == AckStatus::Expired {
+                        (DenyReason::Expired, EndReason::LicenseExpired)
+                    } else {
+                        (DenyReason::Revoked, EndReason::Revoked)
+                    };
+                    // Told now: the seat is free at once (proto-spec.md §5).
+                    let session = lease.session.as_ref().map(|s| (s.client_nonce, s.cookie));
                     drop(lease);
+                    lic.holders.remove(&p.instance_id);
+                    if self.leases.remove(&lease_id).is_some() {
+                        if let Some((nonce, cookie)) = session {
+                            retire(&mut lic, now_s, &p.instance_id, nonce, cookie);
+                        }
+                        self.push_journal(JournalOp::Remove { lease_id, why });
+                    }
+                    let used = lic.holders.len();
                     return self.deny(&lic.rec, p, src, unix, reason, 0, used, out);
                 }
                 if let Some(s) = &lease.session {
@@ -611,7 +754,7 @@ impl ServerCore {
                     }
                 }
                 let keys = proof_session(&lic.rec, p, lease_id, epoch);
-                lease.session = Some(Session {
+                let old = lease.session.replace(Session {
                     keys: keys.clone(),
                     client_nonce: p.client_nonce,
                     cookie: p.cookie,
@@ -621,8 +764,25 @@ impl ServerCore {
                 lease.ttl_ms = ms(ttl);
                 lease.record.addr = src;
                 let durable = lease.durable;
+                drop(lease);
+                if let Some(old) = old {
+                    retire(&mut lic, now_s, &p.instance_id, old.client_nonce, old.cookie);
+                }
                 bump(&self.stats.regrants);
                 return self.grant(&keys, lease_id, ttl, hb, used, seats, durable, out);
+            }
+        }
+
+        // Step 5b (clusters): a seat this instance holds through another node. Taken over
+        // under the same lease id; the seat count does not change. The store's commit checks
+        // that the record is still the one we saw (§11).
+        let taken_over = lic.foreign.get(&p.instance_id).copied().filter(|id| !self.leases.contains_key(id));
+        if let Some(lease_id) = taken_over {
+            if !lic.rec.revoked && self.store_available() {
+                lic.foreign.remove(&p.instance_id);
+                bump(&self.stats.takeovers);
+                let reply = self.new_lease(&mut lic, p, src, unix, now, lease_id, out);
+                return reply;
             }
         }
 
@@ -643,13 +803,34 @@ impl ServerCore {
         if !self.store_available() {
             return self.deny(&lic.rec, p, src, unix, DenyReason::Unavailable, 1000, used, out);
         }
-        // Step 8.
-        if used >= usize::from(seats) {
+        // Step 8. Seats held through other nodes (clusters) are counted by the store's
+        // commit, which refuses a grant past the limit (§11): the local view of them may be a
+        // moment old, and a seat freed there must not be refused here.
+        if lic.holders.len() >= usize::from(seats) {
             return self.deny(&lic.rec, p, src, unix, DenyReason::Full, ms(hb), used, out);
         }
         // Step 7: a new lease, journaled; its GRANT waits for the commit.
         let lease_id = self.new_lease_id();
-        let keys = proof_session(&lic.rec, p, lease_id, epoch);
+        bump(&self.stats.grants);
+        self.new_lease(&mut lic, p, src, unix, now, lease_id, out)
+    }
+
+    /// Creates a lease (new, or taken over from another node), journals it and writes its
+    /// GRANT, which waits for the commit.
+    #[allow(clippy::too_many_arguments)] // one PROOF's parts and the lease's id
+    fn new_lease(
+        &self,
+        lic: &mut LicenseState,
+        p: &Proof,
+        src: SocketAddr,
+        unix: u64,
+        now: Instant,
+        lease_id: u64,
+        out: &mut [u8],
+    ) -> Reply {
+        let ttl = self.ttl(&lic.rec);
+        let hb = self.heartbeat(&lic.rec);
+        let keys = proof_session(&lic.rec, p, lease_id, self.cfg.epoch);
         let record = RestoredLease {
             lease_id,
             license: lic.rec.id,
@@ -678,8 +859,8 @@ impl ServerCore {
         );
         self.expiry.schedule(lease_id, now + ttl);
         self.push_journal(JournalOp::Grant(record));
-        bump(&self.stats.grants);
-        self.grant(&keys, lease_id, ttl, hb, used + 1, seats, false, out)
+        let used = lic.used().min(usize::from(lic.rec.seats));
+        self.grant(&keys, lease_id, ttl, hb, used, lic.rec.seats, false, out)
     }
 
     fn new_lease_id(&self) -> u64 {
@@ -783,6 +964,12 @@ impl ServerCore {
         if hb.epoch != self.cfg.epoch {
             return self.stale(now, &src, hb.lease_id, out);
         }
+        if !self.ack_allowed(now) && hb.flags & FLAG_RELEASE == 0 {
+            // The node's etcd lease may lapse within the TTL this ACK would promise: the holder
+            // must take its seat over at another node instead (§11).
+            bump(&self.stats.stale_gated);
+            return self.stale(now, &src, hb.lease_id, out);
+        }
         let Some(mut guard) = self.leases.get_mut(&hb.lease_id) else {
             return self.stale(now, &src, hb.lease_id, out);
         };
@@ -814,16 +1001,27 @@ impl ServerCore {
             }
         };
         let ttl_ms = if status == AckStatus::Ok { lease.ttl_ms } else { 0 };
-        // Only a release reads the lease's tail (past the heartbeat's cache lines).
-        let owner = if release { Some((lease.license_id, lease.record.instance_id)) } else { None };
+        // A release, and a revoked or expired license, end the lease now: its holder is told
+        // in this ACK, and the seat is free at once (proto-spec.md §5).
+        let why = match status {
+            AckStatus::Ok => None,
+            AckStatus::Released => Some(EndReason::Released),
+            AckStatus::Revoked => Some(EndReason::Revoked),
+            AckStatus::Expired => Some(EndReason::LicenseExpired),
+        };
+        // Only an ending reads the lease's tail (past the heartbeat's cache lines).
+        let owner = why.as_ref().map(|_| (lease.license_id, lease.record.instance_id));
         // The lease lock must go before remove_lease takes the license lock (lock order).
         drop(guard);
         bump(&self.stats.heartbeats);
-        let freed = owner.is_some_and(|(license_id, instance)| {
-            self.remove_lease(&license_id, hb.lease_id, &instance, Some(self.now_s(now)), EndReason::Released)
-        });
-        if freed {
-            bump(&self.stats.releases);
+        if let (Some((license_id, instance)), Some(why)) = (owner, why) {
+            if self.remove_lease(&license_id, hb.lease_id, &instance, Some(self.now_s(now)), why) {
+                bump(match status {
+                    AckStatus::Revoked => &self.stats.denied_revoked,
+                    AckStatus::Expired => &self.stats.denied_expired,
+                    _ => &self.stats.releases,
+                });
+            }
         }
         let msg = Message::Ack(Ack {
             lease_id: hb.lease_id,
@@ -837,7 +1035,40 @@ impl ServerCore {
 
     /// Every live lease, for status displays: (store license id, lease).
     pub fn holders(&self) -> Vec<RestoredLease> {
-        self.leases.iter().map(|l| l.record.clone()).collect()
+        let mut out = Vec::with_capacity(self.leases.len());
+        self.for_each_lease(|l| out.push(l.record.clone()));
+        out
+    }
+
+    /// Passes every live lease to `f`, without holding a shard's lock for long: under each
+    /// shard's lock only its lease ids are copied, then every lease is looked up on its own.
+    /// Cloning the views of a whole shard under its lock, every 2 s per open dashboard tab,
+    /// made the heartbeats of that shard wait behind it at 100,000 leases. A lease that goes
+    /// between the two steps is skipped; one that comes is not seen until the next walk.
+    fn for_each_lease(&self, mut f: impl FnMut(&Lease)) {
+        let ids: Vec<u64> = self.leases.iter().map(|l| *l.key()).collect();
+        for id in ids {
+            if let Some(l) = self.leases.get(&id) {
+                f(&l);
+            }
+        }
+    }
+
+    fn lease_view(l: &Lease, now: Instant, unix_ms: u64) -> LeaseView {
+        // A renewal sets `expires` to one TTL after the heartbeat.
+        let last = l.expires.checked_sub(l.ttl()).unwrap_or(now);
+        let ago = u64::try_from(now.saturating_duration_since(last).as_millis()).unwrap_or(u64::MAX);
+        LeaseView {
+            lease: l.record.clone(),
+            last_heartbeat_unix: unix_ms.saturating_sub(ago) / 1000,
+            expires_in_ms: u64::try_from(l.expires.saturating_duration_since(now).as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    /// One live lease as the monitor shows it: a single lookup, for an admin's release.
+    pub fn lease_view_of(&self, now: Instant, unix_ms: u64, lease_id: u64) -> Option<LeaseView> {
+        self.leases.get(&lease_id).map(|l| Self::lease_view(&l, now, unix_ms))
     }
 
     /// Every live lease with its last heartbeat, for the admin's monitor. `unix_ms` is the wall
@@ -845,20 +1076,9 @@ impl ServerCore {
     /// between two values from one refresh to the next. Walks the whole table: for the
     /// dashboard's refresh, not the hot path.
     pub fn lease_views(&self, now: Instant, unix_ms: u64) -> Vec<LeaseView> {
-        self.leases
-            .iter()
-            .map(|l| {
-                // A renewal sets `expires` to one TTL after the heartbeat.
-                let last = l.expires.checked_sub(l.ttl()).unwrap_or(now);
-                let ago = u64::try_from(now.saturating_duration_since(last).as_millis()).unwrap_or(u64::MAX);
-                LeaseView {
-                    lease: l.record.clone(),
-                    last_heartbeat_unix: unix_ms.saturating_sub(ago) / 1000,
-                    expires_in_ms: u64::try_from(l.expires.saturating_duration_since(now).as_millis())
-                        .unwrap_or(u64::MAX),
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.leases.len());
+        self.for_each_lease(|l| out.push(Self::lease_view(l, now, unix_ms)));
+        out
     }
 
     /// Frees a seat at an admin's request: the lease is gone at once, its removal journaled,
@@ -876,12 +1096,74 @@ impl ServerCore {
         }
     }
 
+    /// The store refused to record the grant of `lease_id` (clusters: the license filled up
+    /// on another node first, §11). The lease is undone as if it had never been granted, and
+    /// the DENY its client gets instead is written into `out`: returns where to send it and its
+    /// length, or `None` if the lease is gone.
+    pub fn refuse(
+        &self,
+        unix: u64,
+        lease_id: u64,
+        reason: DenyReason,
+        out: &mut [u8],
+    ) -> Option<(SocketAddr, usize)> {
+        let (license_id, record, proof) = {
+            let l = self.leases.get(&lease_id)?;
+            let s = l.session.as_ref()?;
+            let proof = Proof {
+                license_id: l.license_id,
+                instance_id: l.record.instance_id,
+                client_nonce: s.client_nonce,
+                cookie: s.cookie,
+                prev_lease_id: 0,
+            };
+            (l.license_id, l.record.clone(), proof)
+        };
+        self.remove_lease(&license_id, lease_id, &record.instance_id, None, EndReason::Dropped);
+        bump(&self.stats.refused_by_store);
+        let lic = self.licenses.get(&license_id)?;
+        let retry = if reason == DenyReason::Full { ms(self.heartbeat(&lic.rec)) } else { 1000 };
+        let used = lic.used();
+        let rec = lic.rec.clone();
+        drop(lic);
+        match self.deny(&rec, &proof, record.addr, unix, reason, retry, used, out) {
+            Reply::Send(n) | Reply::AfterCommit(n) => Some((record.addr, n)),
+            Reply::None => None,
+        }
+    }
+
+    /// Replaces, per store license id, the seats held through other nodes of a cluster
+    /// (instance → lease id), as the store shows them now.
+    pub fn sync_foreign(&self, by_license: &HashMap<i64, HashMap<[u8; 16], u64>>) {
+        for mut lic in self.licenses.iter_mut() {
+            let fresh = by_license.get(&lic.rec.id);
+            let mut foreign = fresh.cloned().unwrap_or_default();
+            // A seat taken over here is ours, whatever an older read says.
+            foreign.retain(|inst, _| !lic.holders.contains_key(inst));
+            lic.foreign = foreign;
+        }
+    }
+
+    /// Forgets a lease whose record the store no longer holds for this node: another node
+    /// took it over, or an admin freed it through the store. Nothing is journaled (the record
+    /// is not ours to delete any more); its session is retired like a release, and the
+    /// holder's next heartbeat gets STALE. True if it was live.
+    pub fn forget(&self, now: Instant, lease_id: u64) -> bool {
+        let Some((license_id, instance)) =
+            self.leases.get(&lease_id).map(|l| (l.license_id, l.record.instance_id))
+        else {
+            return false;
+        };
+        self.remove_lease_journaled(&license_id, lease_id, &instance, Some(self.now_s(now)), None)
+    }
+
     /// Takes the denials waiting for the audit log.
     pub fn drain_denials(&self) -> Vec<DenyEvent> {
         self.denials.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
     }
 
-    /// Seats per store license id, for the metrics' gauges.
+    /// Seats per store license id, for the metrics' gauges: held through this server, and
+    /// the license's seats.
     pub fn seats(&self) -> HashMap<i64, (usize, u16)> {
         self.licenses.iter().map(|l| (l.rec.id, (l.holders.len(), l.rec.seats))).collect()
     }

@@ -67,3 +67,29 @@ fn lease_ids_spread_over_shards_and_buckets_even_when_picked_by_hand() {
         assert!(buckets.len() >= 56, "64 ids should land in distinct buckets of 1,024: {}", buckets.len());
     }
 }
+
+/// Issue 11 (spec and code): a lone lease ended 290-390 ms after its deadline, while the spec
+/// promised 250 ms: the driver swept one period after its last sweep, which drifted off the
+/// slot boundaries at which deadlines come due, so a lease could wait almost two periods.
+#[test]
+fn the_core_asks_to_be_swept_at_the_slot_boundary_where_deadlines_come_due() {
+    let t0 = Instant::now();
+    let core = ServerCore::new(
+        ServerConfig {
+            server_salt: [0; 16],
+            kdf: crate::proto::keys::KdfParams::TEST,
+            epoch: 1,
+            ttl_override: None,
+            heartbeat_override: None,
+            recovery_grace: None,
+        },
+        vec![],
+        vec![],
+        t0,
+        [0; 32],
+    );
+    let ms = Duration::from_millis;
+    // A driver that ran a sweep late, at 1,234 ms, is asked back at the 1,250 ms boundary.
+    assert_eq!(core.poll_timeout(t0 + ms(1_234)), t0 + ms(1_250));
+    assert_eq!(core.poll_timeout(t0 + ms(1_250)), t0 + ms(1_500));
+}

@@ -83,6 +83,10 @@ pub enum EndReason {
     ForceReleased(String),
     /// Dropped at start-up: its license is gone, or the store held more leases than seats.
     Dropped,
+    /// Its license was revoked; ended when the holder was told (ACK or DENY REVOKED).
+    Revoked,
+    /// Its license's validity ran out; ended when the holder was told (ACK or DENY EXPIRED).
+    LicenseExpired,
 }
 
 impl EndReason {
@@ -93,6 +97,8 @@ impl EndReason {
             Self::Expired => "expire",
             Self::ForceReleased(_) => "force-release",
             Self::Dropped => "drop",
+            Self::Revoked => "revoke-end",
+            Self::LicenseExpired => "license-end",
         }
     }
 }
@@ -183,6 +189,13 @@ counters! {
     /// Denials not written to the audit log because its queue was full.
     audit_dropped,
     force_releases,
+    /// Seats taken over from another node of a cluster, keeping their lease id (§11).
+    takeovers,
+    /// Grants the store refused because the license filled up on another node first.
+    refused_by_store,
+    /// Heartbeats answered STALE because the node's etcd lease might lapse within the TTL an
+    /// ACK would promise (§11).
+    stale_gated,
     heartbeats,
     releases,
     expiries,
