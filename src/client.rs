@@ -27,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto::client::{ClientConfig, ClientCore, Event};
+use crate::proto::identity::Identity;
 use crate::proto::keys::{derive_license_keys, KdfError, KdfParams, LicenseKeys, Serial};
 use crate::proto::wire::DenyReason;
 
@@ -99,16 +100,28 @@ pub struct Client {
     config: ClientConfig,
     cache: KeyCache,
     acquire_timeout: Option<Duration>,
+    identity: Option<Identity>,
 }
 
 impl Client {
+    /// A client that says who it is as the OS names it ([`Identity::of_this_process`]): the
+    /// user, host and executable admins see in `status` beside the address.
     pub fn new(server: SocketAddr) -> Self {
         Self {
             servers: vec![server],
             config: ClientConfig::default(),
             cache: KeyCache::default(),
             acquire_timeout: None,
+            identity: Some(Identity::of_this_process(None, "")),
         }
+    }
+
+    /// Who the server is told holds the seat (proto-spec.md §2, PROOF_ID); `None` says
+    /// nothing, as clients before identities did. Build one with [`Identity::new`], which
+    /// refuses fields that are too long or hold control characters.
+    pub fn with_identity(mut self, identity: Option<Identity>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// Overrides the retransmission timers (proto-spec.md §6).
@@ -176,14 +189,16 @@ impl Client {
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut instance_id);
         rand::rngs::OsRng.fill_bytes(&mut seed);
-        let mut core = ClientCore::new(self.config.clone(), instance_id, seed, Instant::now())
-            .with_servers(self.servers.len());
+        let config = ClientConfig { identity: self.identity.clone(), ..self.config.clone() };
+        let mut core =
+            ClientCore::new(config, instance_id, seed, Instant::now()).with_servers(self.servers.len());
         if let Some(c) = self.cache.get(serial) {
             core = core.with_cached_keys(c.server_salt, c.params, c.keys);
         }
 
         let (granted_tx, granted_rx) = oneshot::channel();
         let (status_tx, status_rx) = watch::channel(SeatStatus::Held);
+        let (until_tx, until_rx) = watch::channel(None);
         let (cmd_tx, cmd_rx) = mpsc::channel(1);
         let driver = Driver {
             socket,
@@ -193,6 +208,7 @@ impl Client {
             cache: self.cache.clone(),
             granted: Some(granted_tx),
             status: status_tx,
+            held_until: until_tx,
             commands: cmd_rx,
             heard: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
@@ -211,7 +227,13 @@ impl Client {
             None => granted_rx.await,
         };
         match outcome {
-            Ok(Ok(info)) => Ok(Seat { info, status: status_rx, commands: Some(cmd_tx), task: Some(task) }),
+            Ok(Ok(info)) => Ok(Seat {
+                info,
+                status: status_rx,
+                held_until: until_rx,
+                commands: Some(cmd_tx),
+                task: Some(task),
+            }),
             Ok(Err(e)) => {
                 task.abort();
                 Err(e)
@@ -254,6 +276,7 @@ enum Command {
 pub struct Seat {
     info: GrantInfo,
     status: watch::Receiver<SeatStatus>,
+    held_until: watch::Receiver<Option<Instant>>,
     commands: Option<mpsc::Sender<Command>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -266,6 +289,14 @@ impl Seat {
     /// Changes of the seat's state: `Held` → `Lost` → `Held` … → `Released` or `Ended`.
     pub fn status(&self) -> watch::Receiver<SeatStatus> {
         self.status.clone()
+    }
+
+    /// Until when the server has promised this seat: the send time of the last acknowledged
+    /// heartbeat plus the lease TTL (the loss deadline, proto-spec.md §6). It moves on with
+    /// every ACK, so a program can show how safe its seat is, or save its work before it
+    /// passes. `None` while the seat is lost and after it ended.
+    pub fn held_until(&self) -> Option<Instant> {
+        *self.held_until.borrow()
     }
 
     /// Gives the seat back and waits (at most a few retransmissions) for the server to confirm.
@@ -298,6 +329,7 @@ struct Driver {
     cache: KeyCache,
     granted: Option<oneshot::Sender<Result<GrantInfo, AcquireError>>>,
     status: watch::Sender<SeatStatus>,
+    held_until: watch::Sender<Option<Instant>>,
     commands: mpsc::Receiver<Command>,
     /// Set once any datagram came back from the server, to tell a slow server from none.
     heard: Arc<std::sync::atomic::AtomicBool>,
@@ -327,6 +359,8 @@ impl Driver {
                     kdf = Some(job);
                 }
             }
+            let until = self.core.held_until();
+            self.held_until.send_if_modified(|h| std::mem::replace(h, until) != until);
             if self.core.is_done() {
                 break;
             }

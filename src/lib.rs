@@ -73,6 +73,7 @@ pub mod store;
 pub mod usage;
 
 pub use client::{AcquireError, CachedKeys, Client, GrantInfo, Seat, SeatStatus};
+pub use proto::identity::Identity;
 pub use proto::keys::Serial;
 
 /// Wall-clock seconds since 1970, for license validity, `since` times and the audit log. The

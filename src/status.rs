@@ -50,6 +50,28 @@ pub struct Holder {
     /// The cluster node that holds it (etcd store only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Who holds it, as its client stated: absent for clients that do not say (plain PROOF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Holder {
+    /// `user@host (program version)`, or `None` if the client did not say.
+    pub fn who(&self) -> Option<String> {
+        let w = crate::proto::identity::Identity {
+            user: self.user.clone().unwrap_or_default(),
+            host: self.host.clone().unwrap_or_default(),
+            program: self.program.clone().unwrap_or_default(),
+            version: self.version.clone().unwrap_or_default(),
+        };
+        (!w.is_empty()).then(|| w.to_string())
+    }
 }
 
 pub fn rfc3339(unix: u64) -> String {
@@ -57,7 +79,13 @@ pub fn rfc3339(unix: u64) -> String {
 }
 
 fn holder(l: &RestoredLease, live: Option<&LeaseView>) -> Holder {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let who = l.who.as_deref();
     Holder {
+        user: who.and_then(|w| some(&w.user)),
+        host: who.and_then(|w| some(&w.host)),
+        program: who.and_then(|w| some(&w.program)),
+        version: who.and_then(|w| some(&w.version)),
         lease: format!("{:016x}", l.lease_id),
         address: l.addr.to_string(),
         instance: hex::encode(l.instance_id),

@@ -45,29 +45,39 @@ fn hours(s: u64) -> f64 {
 /// -1 at its end; ends before starts at the same instant, so a seat handed from one holder to
 /// the next in the same second is not counted twice). Shared by [`usage`] and [`timeline`].
 fn edges(events: &[AuditEntry], since: u64, until: u64) -> HashMap<i64, Vec<(u64, i64)>> {
-    // lease → (license, start)
-    let mut open: HashMap<&str, (i64, u64)> = HashMap::new();
-    let mut spans: Vec<(i64, u64, u64)> = Vec::new();
+    edges_by(events, since, until, |_, lic| lic)
+}
+
+/// [`edges`] per any key of the grant event (and its license), e.g. (license, user).
+fn edges_by<K: std::hash::Hash + Eq>(
+    events: &[AuditEntry],
+    since: u64,
+    until: u64,
+    key: impl Fn(&AuditEntry, i64) -> K,
+) -> HashMap<K, Vec<(u64, i64)>> {
+    // lease → (key, start)
+    let mut open: HashMap<&str, (K, u64)> = HashMap::new();
+    let mut spans: Vec<(K, u64, u64)> = Vec::new();
     for e in events {
         let (Some(lic), Some(lease)) = (e.license, e.lease.as_deref()) else { continue };
         match e.event.as_str() {
             "grant" => {
-                open.insert(lease, (lic, e.ts));
+                open.insert(lease, (key(e, lic), e.ts));
             }
             ev if ENDS.contains(&ev) => {
-                if let Some((l, start)) = open.remove(lease) {
-                    spans.push((l, start, e.ts));
+                if let Some((k, start)) = open.remove(lease) {
+                    spans.push((k, start, e.ts));
                 }
             }
             _ => {}
         }
     }
-    spans.extend(open.into_values().map(|(l, start)| (l, start, until)));
-    let mut out: HashMap<i64, Vec<(u64, i64)>> = HashMap::new();
-    for (l, a, b) in spans {
+    spans.extend(open.into_values().map(|(k, start)| (k, start, until)));
+    let mut out: HashMap<K, Vec<(u64, i64)>> = HashMap::new();
+    for (k, a, b) in spans {
         let (a, b) = (a.max(since), b.min(until));
         if a < b {
-            out.entry(l).or_default().extend([(a, 1), (b, -1)]);
+            out.entry(k).or_default().extend([(a, 1), (b, -1)]);
         }
     }
     out.values_mut().for_each(|v| v.sort_unstable());
@@ -133,6 +143,71 @@ pub fn usage(events: &[AuditEntry], seats: &HashMap<i64, u16>, since: u64, until
     out.into_values().collect()
 }
 
+/// What `report --by` groups a license's seats by: the holder's stated identity (proto-spec.md
+/// §2, PROOF_ID). Seats of clients that did not say are grouped under `?`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    User,
+    Host,
+    Program,
+}
+
+impl By {
+    fn of(self, e: &AuditEntry) -> String {
+        let w = e.who.as_ref();
+        let v = match self {
+            By::User => w.map(|w| w.user.as_str()),
+            By::Host => w.map(|w| w.host.as_str()),
+            By::Program => w.map(|w| w.program.as_str()),
+        };
+        v.filter(|v| !v.is_empty()).unwrap_or("?").to_owned()
+    }
+}
+
+/// One license's seats held by one user, host or program over the window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GroupUsage {
+    pub license: i64,
+    /// The user, host or program name (`?` when the holders did not say).
+    pub group: String,
+    pub grants: u64,
+    /// Most seats this group held at once.
+    pub peak: usize,
+    /// Hours this group held at least one seat.
+    pub hours_in_use: f64,
+    pub seat_hours: f64,
+}
+
+/// [`usage`] per license and holder group, for `report --by`. Denials are not attributed: a
+/// DENY is logged before the server knows more than the address.
+pub fn usage_by(events: &[AuditEntry], by: By, since: u64, until: u64) -> Vec<GroupUsage> {
+    fn group(out: &mut BTreeMap<(i64, String), GroupUsage>, lic: i64, g: String) -> &mut GroupUsage {
+        out.entry((lic, g.clone())).or_insert_with(|| GroupUsage {
+            license: lic,
+            group: g,
+            ..GroupUsage::default()
+        })
+    }
+    let mut out: BTreeMap<(i64, String), GroupUsage> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.event == "grant" && e.ts >= since && e.ts < until) {
+        if let Some(lic) = e.license {
+            group(&mut out, lic, by.of(e)).grants += 1;
+        }
+    }
+    for ((lic, g), edges) in edges_by(events, since, until, |e, lic| (lic, by.of(e))) {
+        let u = group(&mut out, lic, g);
+        let (mut in_use, mut seat_s) = (0u64, 0u64);
+        stretches(&edges, |a, b, held| {
+            in_use += b - a;
+            seat_s += (b - a) * held as u64;
+            u.peak = u.peak.max(held);
+        });
+        u.hours_in_use = hours(in_use);
+        u.seat_hours = hours(seat_s);
+    }
+    out.into_values().collect()
+}
+
 /// One slice of a [`timeline`]: the most seats held at once during it, and its denials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slice {
@@ -177,7 +252,45 @@ mod tests {
             addr: None,
             actor: None,
             detail: detail.map(Into::into),
+            who: None,
         }
+    }
+
+    fn by(ts: u64, event: &str, lease: &str, user: &str, host: &str) -> AuditEntry {
+        let who = crate::proto::identity::Identity::new(user, host, "cad", "2.1").expect("identity");
+        AuditEntry { who: (event == "grant").then_some(who), ..ev(ts, event, lease, None) }
+    }
+
+    /// The same day as below, with holders: alice on ws1 holds 0–4 h and 5 h–8 h (two seats
+    /// at once 1–3 h through a second lease on ws2), bob holds 2–3 h; a plain PROOF's seat is `?`.
+    #[test]
+    fn seats_are_reported_per_user_and_per_host() {
+        let h = 3600;
+        let events = vec![
+            by(0, "grant", "a", "alice", "ws1"),
+            by(h, "grant", "b", "alice", "ws2"),
+            by(2 * h, "grant", "c", "bob", "ws2"),
+            by(3 * h, "release", "b", "", ""),
+            by(3 * h, "expire", "c", "", ""),
+            by(4 * h, "release", "a", "", ""),
+            by(5 * h, "grant", "d", "alice", "ws1"),
+            ev(6 * h, "grant", "e", None),
+        ];
+        let u = usage_by(&events, By::User, 0, 8 * h);
+        let get = |u: &[GroupUsage], g: &str| u.iter().find(|x| x.group == g).cloned().expect("group");
+        let alice = get(&u, "alice");
+        assert_eq!((alice.grants, alice.peak), (3, 2));
+        assert!((alice.hours_in_use - 7.0).abs() < 1e-9, "{}", alice.hours_in_use);
+        assert!((alice.seat_hours - (4.0 + 2.0 + 3.0)).abs() < 1e-9, "{}", alice.seat_hours);
+        let bob = get(&u, "bob");
+        assert_eq!((bob.grants, bob.peak), (1, 1));
+        assert!((bob.seat_hours - 1.0).abs() < 1e-9);
+        let unknown = get(&u, "?");
+        assert!((unknown.seat_hours - 2.0).abs() < 1e-9, "the plain PROOF's seat, 6–8 h");
+        let hosts = usage_by(&events, By::Host, 0, 8 * h);
+        let ws2 = get(&hosts, "ws2");
+        assert_eq!(ws2.peak, 2, "alice's second seat and bob's, 2–3 h");
+        assert!((ws2.seat_hours - 3.0).abs() < 1e-9, "{}", ws2.seat_hours);
     }
 
     /// A scripted day whose figures are known: two seats; A holds 0–4 h, B 1–3 h (full 1–3 h),

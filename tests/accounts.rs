@@ -108,3 +108,35 @@ fn accounts_are_listed_renamed_in_password_and_removed_with_their_licenses_reass
     );
     assert!(log.lines().any(|l| l.contains("passwd") && l.contains("account alice")), "{log}");
 }
+
+/// New passwords have a floor; a refused one changes nothing.
+#[test]
+fn a_new_password_shorter_than_eight_characters_is_refused() {
+    let dir = common::data_dir();
+    let p = dir.path();
+    add_user(p, "alice");
+    let o = run_with_stdin(
+        lic(&["user", "add", "--user", "bob", "--password-stdin", "--data-dir", d(p)]),
+        "seven77\n",
+    );
+    assert_eq!(code(&o), 64, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("at least 8 characters"), "{}", text(&o.stderr));
+    assert_eq!(accounts(p).as_array().map(Vec::len), Some(1), "bob was not added");
+    // Eight characters, counted as characters, not bytes: "pässwörd" is 10 bytes.
+    let o = run_with_stdin(
+        lic(&["user", "add", "--user", "bob", "--password-stdin", "--data-dir", d(p)]),
+        "pässwörd\n",
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = run_with_stdin(
+        lic(&["user", "passwd", "--user", "alice", "--password-stdin", "--data-dir", d(p)]),
+        &format!("{PASSWORD}\nshort\n"),
+    );
+    assert_eq!(code(&o), 64, "{}", text(&o.stderr));
+    // The old password still works.
+    let o = run_with_stdin(
+        lic(&["token", "add", "--user", "alice", "--password-stdin", "--data-dir", d(p)]),
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+}

@@ -1,22 +1,24 @@
 //! Property tests of the datagram codec (proto-spec.md §2) with proptest: random messages of all
-//! nine types round-trip at exactly their length, random bytes never panic the decoder, any other
+//! ten types round-trip at exactly their length, random bytes never panic the decoder, any other
 //! length is rejected, and no single-byte change of a tagged datagram survives decode plus tag
 //! verification.
 
 use lic_udp::proto::keys::MacKey;
+use lic_udp::proto::wire::ProofId;
 use lic_udp::proto::wire::{
     self, Ack, Challenge, Cookie, DecodeError, Deny, Grant, Heartbeat, Hello, Message, MsgType, Proof, Stale,
     Unknown, HEADER_LEN, MAGIC, MAX_DATAGRAM, TAG_LEN, VERSION,
 };
+use lic_udp::Identity;
 use proptest::prelude::*;
 
-const ALL_TYPES: [MsgType; 9] = MsgType::ALL;
+const ALL_TYPES: [MsgType; 10] = MsgType::ALL;
 
 fn arb_cookie() -> impl Strategy<Value = Cookie> {
     (any::<u32>(), any::<u8>(), any::<[u8; 16]>()).prop_map(|(ts, kid, mac)| Cookie { ts, kid, mac })
 }
 
-/// Any valid message of any of the nine types (HEARTBEAT flags are 0 or RELEASE: other bits
+/// Any valid message of any of the ten types (HEARTBEAT flags are 0 or RELEASE: other bits
 /// are malformed by definition).
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -26,6 +28,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 Message::Proof(Proof { license_id, instance_id, client_nonce, cookie, prev_lease_id })
             }
         ),
+        (
+            (any::<[u8; 8]>(), any::<[u8; 16]>(), any::<[u8; 16]>(), arb_cookie(), any::<u64>()),
+            ("[a-z]{0,32}", "[a-z0-9.é-]{0,21}", "\\PC{0,8}", "[0-9.]{0,16}")
+        )
+            .prop_map(
+                |((license_id, instance_id, client_nonce, cookie, prev_lease_id), (u, h, p, v))| {
+                    let who = Identity::new(&u, &h, &p, &v).unwrap_or_default();
+                    Message::ProofId(ProofId::new(
+                        Proof { license_id, instance_id, client_nonce, cookie, prev_lease_id },
+                        &who,
+                    ))
+                }
+            ),
         (any::<u64>(), any::<u32>(), any::<u64>(), 0u8..=1).prop_map(|(lease_id, epoch, seq, flags)| {
             Message::Heartbeat(Heartbeat { lease_id, epoch, seq, flags })
         }),

@@ -68,6 +68,8 @@ fn add_plain_user(dir: &Path, user: &str) {
 /// `lic-udp run` holding a seat until killed.
 fn holder(d: &Dash, serial: &str) -> Child {
     let mut c = lic(&["run", "--serial", serial, "--server", &d.srv.server_arg(), "--", "sleep", "60"]);
+    // The user `run` says holds the seat (proto-spec.md §2, PROOF_ID).
+    c.env("USER", "tester");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     c.spawn().expect("spawn run")
 }
@@ -321,6 +323,11 @@ fn cli_status_release_and_log_use_the_live_server() {
     let o = output(lic(&["status", "--data-dir", &d_s]));
     assert!(text(&o.stdout).contains(&format!("lease {lease}")), "{}", text(&o.stdout));
     assert!(!text(&o.stdout).contains(&serial), "status never shows a serial");
+    // Who holds it, as `run` said: the user, this host, the program.
+    let h = &license(&st, 1).expect("license 1")["holders"][0];
+    assert_eq!((h["user"].as_str(), h["program"].as_str()), (Some("tester"), Some("sleep")), "{h}");
+    let host = h["host"].as_str().unwrap_or_default().to_owned();
+    assert!(text(&o.stdout).contains(&format!("holder tester@{host} (sleep)  ")), "{}", text(&o.stdout));
 
     // The one seat is taken: a second program is refused, and the refusal is audited.
     let o = output(lic(&["verify", "--serial", &serial, "--server", &d.srv.server_arg()]));
@@ -347,10 +354,14 @@ fn cli_status_release_and_log_use_the_live_server() {
         "{log}"
     );
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines[0], "seq,time,event,license,lease,instance,address,actor,detail");
+    assert_eq!(lines[0], "seq,time,event,license,lease,instance,address,actor,detail,holder");
     assert!(lines.iter().any(|l| l.contains(",issue,1,") && l.contains(",alice,")), "{log}");
-    assert!(lines.iter().any(|l| l.contains(&format!(",grant,1,{lease},"))), "{log}");
-    assert!(lines.iter().any(|l| l.contains(",deny,1,") && l.ends_with(",full")), "{log}");
+    // `run` says who holds the seat: this user on this host, running `sleep`.
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(",grant,1,{lease},")) && l.ends_with(" (sleep)")),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l.contains(",deny,1,") && l.ends_with(",full,")), "{log}");
     assert!(
         lines
             .iter()
@@ -847,4 +858,34 @@ fn the_usage_page_draws_seats_held_and_denials() {
     assert!(html.contains("peak 0 of 1, 0 denied"), "{html}");
     let _ = h.kill();
     let _ = h.wait();
+}
+
+/// `release --holder USER[@HOST]` frees the seats a named holder has, and nobody else's.
+#[test]
+fn release_by_holder_frees_that_holders_seats_only() {
+    let dir = data_dir();
+    let d_s = dir.path().to_str().expect("utf8").to_owned();
+    add_user(dir.path(), "alice");
+    let d = start(dir.path());
+    let serial = issue(dir.path(), "alice", "team", None);
+    let mut run = holder(&d, &serial);
+    assert!(wait_for(Duration::from_secs(20), || in_use(dir.path(), 1) == 1));
+    let st = status_json(dir.path());
+    let lease = leases_of(&st, 1)[0].clone();
+    let host =
+        license(&st, 1).expect("license")["holders"][0]["host"].as_str().unwrap_or_default().to_owned();
+    for nobody in ["nobody", "tester@another-host"] {
+        let o = output(lic(&["release", "--holder", nobody, "--data-dir", &d_s]));
+        assert_eq!(code(&o), 2, "{nobody}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("no seat is held by"), "{}", text(&o.stderr));
+    }
+    assert_eq!(leases_of(&status_json(dir.path()), 1), std::slice::from_ref(&lease), "untouched");
+    let o = output(lic(&["release", "--holder", "@x", "--data-dir", &d_s]));
+    assert_eq!(code(&o), 64, "{}", text(&o.stderr));
+    let o = output(lic(&["release", "--holder", &format!("tester@{host}"), "--data-dir", &d_s]));
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("1 seat of tester@{host} released")), "{}", text(&o.stderr));
+    assert!(!leases_of(&status_json(dir.path()), 1).contains(&lease), "the seat was freed");
+    let _ = run.kill();
+    let _ = run.wait();
 }

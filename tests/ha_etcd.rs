@@ -603,6 +603,7 @@ fn the_holder_mirror_follows_etcd() {
         instance_id: [i; 16],
         addr: "127.0.0.1:4000".parse().expect("addr"),
         since_unix: 1,
+        who: None,
     };
     // The same records, as the mirror and as a direct read see them.
     let view = |s: &lic_udp::store::etcd::Snapshot| {
@@ -742,4 +743,17 @@ fn accounts_on_etcd_are_listed_changed_and_removed() {
     let log = text(&o.stdout);
     assert!(log.contains("user-del") && log.contains("account bob"), "{log}");
     assert!(log.contains("passwd"), "{log}");
+    // A non-admin's view of the log (`/api/log` with its token) holds only its own licenses'
+    // events, filtered before the limit as on SQLite.
+    use lic_udp::store::{etcd::EtcdStore, AdminStore, AuditQuery};
+    let url: lic_udp::store::etcd::EtcdUrl = site.url.parse().expect("url");
+    let store = EtcdStore::open(&url, lic_udp::config::SiteConfig::default(), false).expect("open");
+    let mine = |owner: &str| {
+        let q = AuditQuery { owner: Some(owner.into()), limit: Some(1), ..Default::default() };
+        AdminStore::audit(&store, &q).expect("audit")
+    };
+    let alices = mine("alice");
+    assert_eq!(alices.len(), 1, "the limit applies after the filter: {:?}", alices.len());
+    assert_eq!(alices[0].license, Some(license), "alice's newest event is her license's");
+    assert!(mine("bob").is_empty(), "bob owns nothing and sees nothing");
 }

@@ -12,7 +12,7 @@
 //!
 //! Timers: lease TTL 3 s, heartbeat 1 s, so a node's etcd lease is 6 s, renewed every 0.5 s,
 //! and the ACK gate closes 2.5 s after the last renewal. The clients' logs of every run are
-//! kept in target/ha-faults/ so the counters can be rerun offline.
+//! kept in target/tmp/ha-faults/ so the counters can be rerun offline.
 
 mod common;
 mod etcd_harness;
@@ -61,8 +61,10 @@ struct Log {
     holds: Vec<Hold>,
     grants: usize,
     full: usize,
-    other: Vec<String>,
+    other: Vec<(u64, String)>,
     losses: Vec<u64>,
+    /// Per seat, the send times of its acknowledged heartbeats (from `Seat::held_until`).
+    acks: Vec<Vec<u64>>,
 }
 
 fn ns(t0: Instant) -> u64 {
@@ -183,6 +185,20 @@ async fn client_loop(
                 let mut start = Some(ns(t0));
                 live.fetch_add(1, Ordering::Relaxed);
                 let mut st = seat.status();
+                let ttl = seat.info().ttl;
+                let mut acks = Vec::new();
+                let mut last_until = None;
+                let mut note_ack = |until: Option<Instant>, acks: &mut Vec<u64>| {
+                    if until.is_some() && until != last_until {
+                        last_until = until;
+                        if let Some(sent) = until.and_then(|u| u.checked_sub(ttl)) {
+                            acks.push(
+                                u64::try_from(sent.saturating_duration_since(t0).as_nanos()).unwrap_or(0),
+                            );
+                        }
+                    }
+                };
+                note_ack(seat.held_until(), &mut acks);
                 // Two long holders live through the faults (and get taken over); the rest come
                 // and go, so that the license is contested and often full.
                 let hold = if id < LONG_HOLDERS {
@@ -192,6 +208,7 @@ async fn client_loop(
                 };
                 let until = tokio::time::Instant::now() + hold;
                 while !stop.load(Ordering::Relaxed) {
+                    note_ack(seat.held_until(), &mut acks);
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -217,6 +234,7 @@ async fn client_loop(
                         }
                     }
                 }
+                log.acks.push(acks);
                 // The hold ends when the client decides to give the seat back.
                 if let Some(s) = start.take() {
                     live.fetch_sub(1, Ordering::Relaxed);
@@ -230,7 +248,7 @@ async fn client_loop(
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
-                log.other.push(e.to_string());
+                log.other.push((ns(t0), e.to_string()));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -265,7 +283,10 @@ struct Outcome {
     other: usize,
     /// A few of the other refusals' messages, for the report.
     other_kinds: Vec<String>,
+    /// When each of the other refusals came (unavailable, unreachable, timed out …).
+    other_times: Vec<u64>,
     losses: Vec<u64>,
+    acks: Vec<Vec<u64>>,
     windows: Vec<Window>,
     engine_over: usize,
     takeovers: usize,
@@ -372,7 +393,9 @@ fn run(w: &mut World, tag: &str, faults: &[u8], long_ms: (u64, u64)) -> Outcome 
         full: 0,
         other: 0,
         other_kinds: Vec::new(),
+        other_times: Vec::new(),
         losses: Vec::new(),
+        acks: Vec::new(),
         windows,
         engine_over: 0,
         takeovers: 0,
@@ -386,12 +409,14 @@ fn run(w: &mut World, tag: &str, faults: &[u8], long_ms: (u64, u64)) -> Outcome 
             out.grants += l.grants;
             out.full += l.full;
             out.other += l.other.len();
-            for e in l.other {
+            for (t, e) in l.other {
+                out.other_times.push(t);
                 if !out.other_kinds.contains(&e) && out.other_kinds.len() < 5 {
                     out.other_kinds.push(e);
                 }
             }
             out.losses.extend(l.losses);
+            out.acks.extend(l.acks);
         }
     });
     let history =
@@ -421,6 +446,10 @@ fn keep_log(tag: &str, o: &Outcome, history: &[(i64, overgrant::Records)]) {
     let hist: Vec<String> =
         history.iter().filter_map(|(r, recs)| serde_json::to_string(&(r, recs)).ok()).collect();
     let _ = std::fs::write(dir.join(format!("{tag}-etcd-history.jsonl")), hist.join("\n"));
+    let losses = serde_json::to_string(&o.losses).unwrap_or_default();
+    let _ = std::fs::write(dir.join(format!("{tag}-losses.json")), losses);
+    let acks = serde_json::to_string(&o.acks).unwrap_or_default();
+    let _ = std::fs::write(dir.join(format!("{tag}-acks.json")), acks);
 }
 
 fn report(tag: &str, o: &Outcome) -> (usize, u64) {
@@ -459,13 +488,32 @@ fn report(tag: &str, o: &Outcome) -> (usize, u64) {
             last = t;
         }
         gap = gap.max(settle - last);
+        // Acquisitions refused for another reason than FULL (no quorum, node cut off, no
+        // answer): from the fault's start to the last such refusal.
+        let refused: Vec<u64> =
+            o.other_times.iter().copied().filter(|&t| t >= win.from && t <= settle).collect();
+        let refused_for = refused.iter().max().map_or(0, |&t| t - win.from);
+        // The longest a holder went without an ACK across the fault: the widest gap between
+        // two acknowledged heartbeats of one seat that overlaps the window.
+        let mut silent = 0;
+        for acks in &o.acks {
+            for pair in acks.windows(2) {
+                if pair[0] < settle && pair[1] > win.from {
+                    silent = silent.max(pair[1] - pair[0]);
+                }
+            }
+        }
         eprintln!(
-            "  {}: {:.1}–{:.1} s, full {:.1} s, longest without a grant {:.1} s, losses {losses}; {}",
+            "  {}: {:.1}–{:.1} s, full {:.1} s, longest without a grant {:.1} s, other refusals {} (for {:.1} s), \
+             longest a holder went unacknowledged {:.1} s, losses {losses}; {}",
             win.name,
             win.from as f64 / 1e9,
             win.to as f64 / 1e9,
             f as f64 / 1e9,
             gap as f64 / 1e9,
+            refused.len(),
+            refused_for as f64 / 1e9,
+            silent as f64 / 1e9,
             win.evidence
         );
     }

@@ -25,7 +25,7 @@ use lic_udp::{AcquireError, Client, Seat, SeatStatus};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use tokio::net::UdpSocket;
 
-const ALL_TYPES: [MsgType; 9] = MsgType::ALL;
+const ALL_TYPES: [MsgType; 10] = MsgType::ALL;
 const S2C_TYPES: [MsgType; 6] =
     [MsgType::Challenge, MsgType::Grant, MsgType::Deny, MsgType::Ack, MsgType::Stale, MsgType::Unknown];
 
@@ -71,9 +71,15 @@ struct Exchange {
     replies: Vec<Vec<u8>>,
 }
 
+/// A PROOF_ID is a PROOF for every check here.
+fn same_kind(t: Option<MsgType>, ty: MsgType) -> bool {
+    t == Some(ty) || (ty == MsgType::Proof && t == Some(MsgType::ProofId))
+}
+
 impl Exchange {
+    /// Datagrams of type `ty` sent; `Proof` counts PROOF_IDs too (the library's proofs).
     fn count(&self, ty: MsgType) -> usize {
-        self.sent.iter().filter(|d| type_of(d) == Some(ty)).count()
+        self.sent.iter().filter(|d| same_kind(type_of(d), ty)).count()
     }
 
     /// Every reply is of an allowed type (or byte-identical to `same_grant`), at its exact
@@ -174,7 +180,8 @@ fn first_grant(recs: &[Rec]) -> Vec<u8> {
 /// The recorded session has a handshake, several heartbeats and (if `released`) a RELEASE.
 fn assert_whole_session(c2s: &[Vec<u8>], released: bool) {
     let of = |ty| c2s.iter().filter(|d| type_of(d) == Some(ty)).count();
-    assert!(of(MsgType::Hello) >= 1 && of(MsgType::Proof) >= 1, "no handshake recorded");
+    let proofs = of(MsgType::Proof) + of(MsgType::ProofId);
+    assert!(of(MsgType::Hello) >= 1 && proofs >= 1, "no handshake recorded");
     assert!(of(MsgType::Heartbeat) >= 4, "only {} heartbeats recorded", of(MsgType::Heartbeat));
     let releases = c2s
         .iter()
@@ -341,8 +348,11 @@ fn replay_of_a_recorded_session_changes_nothing() {
         let after = srv.stats();
         // A2's PROOFs from the relay's address reached the replay check (live cookie, retired
         // session); A's may by now have outlived their cookie and been dropped before it.
-        let a2_proofs_from_relay =
-            relay_ex.sent.iter().filter(|d| type_of(d) == Some(MsgType::Proof) && a2_c2s.contains(d)).count();
+        let a2_proofs_from_relay = relay_ex
+            .sent
+            .iter()
+            .filter(|d| same_kind(type_of(d), MsgType::Proof) && a2_c2s.contains(d))
+            .count();
         let proofs: usize =
             relay_ex.count(MsgType::Proof) + other_ex.iter().map(|e| e.count(MsgType::Proof)).sum::<usize>();
         let replay_drops = after.dropped_replay - before.dropped_replay;
@@ -639,7 +649,8 @@ fn no_amplification_over_100k_datagrams() {
         let recs = relay.records_since(0);
         let c2s = c2s_of(&recs);
         let s2c: Vec<Vec<u8>> = recs.iter().filter(|r| r.dir == Dir::S2C).map(|r| r.bytes.clone()).collect();
-        for ty in [MsgType::Hello, MsgType::Proof, MsgType::Heartbeat] {
+        // The library says who holds the seat, so its proofs are PROOF_IDs.
+        for ty in [MsgType::Hello, MsgType::ProofId, MsgType::Heartbeat] {
             assert!(c2s.iter().any(|d| type_of(d) == Some(ty)), "no {ty:?} captured");
         }
         for ty in [MsgType::Challenge, MsgType::Grant, MsgType::Ack] {

@@ -401,8 +401,18 @@ async fn total_loss_longer_than_ttl_reports_loss_then_regains() {
     assert_eq!(server.seats(), N);
     let expiries = server.stats().expiries;
 
+    // Each seat shows the server's promise: its loss deadline, less than a TTL ahead.
+    let promised: Vec<Instant> =
+        holders.iter().map(|h| h.seat.held_until().expect("a held seat has a promise")).collect();
     relay.cut(true);
     let cut_at = Instant::now();
+    for (i, p) in promised.iter().enumerate() {
+        assert!(
+            *p > cut_at - HEARTBEAT && *p <= cut_at + TTL,
+            "holder {i}: promise {:?} after the cut",
+            p.saturating_duration_since(cut_at)
+        );
+    }
     // Each holder notices within a TTL of its last acknowledged heartbeat, and the server frees
     // each seat within a TTL (plus a sweep) of the last heartbeat it accepted: both a little less
     // than a TTL after the cut.
@@ -430,6 +440,9 @@ async fn total_loss_longer_than_ttl_reports_loss_then_regains() {
         // be reported earlier than this.
         let earliest = cut_at + TTL - HEARTBEAT.mul_f64(1.1) - HEARTBEAT / 2;
         assert!(lost_at >= earliest, "holder {i} reported the loss {:?} early", earliest - lost_at);
+        // Never before the promise it showed, and with no promise left once lost.
+        assert!(lost_at >= promised[i], "holder {i} reported the loss before its promise ran out");
+        assert_eq!(h.seat.held_until(), None, "holder {i}: a lost seat promises nothing");
         // The relay's log agrees that this loss was real, and would have called a report at the
         // moment of the cut false (the check the lossy test relies on works both ways).
         let log = relay.log();
@@ -442,6 +455,12 @@ async fn total_loss_longer_than_ttl_reports_loss_then_regains() {
     relay.cut(false);
     let back = wait_until(TTL * 4, || holders.iter().all(|h| h.status() == SeatStatus::Held)).await;
     assert!(back, "statuses {:?}", holders.iter().map(Holder::status).collect::<Vec<_>>());
+    for (i, h) in holders.iter().enumerate() {
+        assert!(
+            h.seat.held_until().is_some_and(|p| p > cut_at + TTL),
+            "holder {i}: a regained seat has a new promise"
+        );
+    }
     assert_eq!(server.seats(), N);
     assert_eq!(server.core.live_leases(), N);
     for (i, h) in holders.iter().enumerate() {

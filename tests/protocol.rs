@@ -1392,3 +1392,70 @@ fn the_monitor_walk_and_a_single_lookup_agree() {
     }
     assert_eq!(sim.server().lease_view_of(sim.now, 1_000_000, 0xdead), None);
 }
+
+/// Holder identity (proto-spec.md §2, PROOF_ID): a client that says who it is is recorded as
+/// such; a client with today's plain PROOF is still served beside it.
+#[test]
+fn a_proof_id_names_the_holder_and_a_plain_proof_is_still_served() {
+    let mut sim = single(31, 2);
+    let alice = lic_udp::Identity::new("alice", "ws12", "cad", "2.1").expect("identity");
+    sim.client_cfg.identity = Some(alice.clone());
+    let a = sim.add_client(SERIAL);
+    sim.client_cfg.identity = None;
+    let old = sim.add_client(SERIAL);
+    sim.run_for(secs(2));
+    assert_eq!(sim.client(a).count(is_granted), 1);
+    assert_eq!(sim.client(old).count(is_granted), 1, "the plain PROOF is served");
+    assert_eq!(sim.client(a).sent_of(MsgType::ProofId).len(), 1);
+    assert!(sim.client(a).sent_of(MsgType::Proof).is_empty());
+    assert_eq!(sim.client(old).sent_of(MsgType::Proof).len(), 1);
+    let mut who: Vec<Option<lic_udp::Identity>> =
+        sim.server().holders().into_iter().map(|l| l.who.as_deref().cloned()).collect();
+    who.sort_by_key(Option::is_some);
+    assert_eq!(who, [None, Some(alice.clone())]);
+    // The identity is recorded with the grant, so a restart keeps it.
+    let granted =
+        sim.store.iter().any(|op| matches!(op, JournalOp::Grant(g) if g.who.as_deref() == Some(&alice)));
+    assert!(granted, "journaled with the grant");
+    sim.restart();
+    assert!(sim.server().holders().iter().any(|l| l.who.as_deref() == Some(&alice)), "restored");
+}
+
+/// A PROOF_ID whose identity block is not valid (here: not UTF-8) is malformed: dropped and
+/// counted, never answered, even though its tag would verify.
+#[test]
+fn a_proof_id_with_a_bad_identity_block_is_dropped() {
+    let mut sim = single(32, 2);
+    sim.client_cfg.identity = Some(lic_udp::Identity::new("bob", "", "", "").expect("identity"));
+    // Keep the client's PROOF_IDs from the server; replay one, broken, by hand.
+    sim.filter = Some(Box::new(|dir, _, d| dir == Dir::ToServer && msg_type(d) == Some(MsgType::ProofId)));
+    let c = sim.add_client(SERIAL);
+    sim.run_for(ms(50));
+    let (_, mut proof) = sim.client(c).sent_of(MsgType::ProofId).into_iter().next().expect("a PROOF_ID");
+    let before = sim.stats();
+    let (reply, _) = sim.inject(client_addr(c), &proof);
+    assert!(
+        matches!(reply, Reply::AfterCommit(_) | Reply::Send(_)),
+        "the intact PROOF_ID is granted: {reply:?}"
+    );
+    proof[4 + 69] = 0xff;
+    let (reply, bytes) = sim.inject(client_addr(c), &proof);
+    assert!(matches!(reply, Reply::None) && bytes.is_empty(), "{reply:?}");
+    assert_eq!(sim.stats().dropped_malformed - before.dropped_malformed, 1);
+}
+
+/// A server that predates PROOF_ID answers HELLO and drops the type it does not know: the
+/// client falls back to a plain PROOF and gets its seat.
+#[test]
+fn a_client_falls_back_to_a_plain_proof_for_a_server_that_drops_proof_id() {
+    let mut sim = single(33, 2);
+    sim.client_cfg.identity = Some(lic_udp::Identity::new("carol", "ws3", "", "").expect("identity"));
+    sim.filter = Some(Box::new(|dir, _, d| dir == Dir::ToServer && msg_type(d) == Some(MsgType::ProofId)));
+    let c = sim.add_client(SERIAL);
+    sim.run_for(secs(30));
+    let cl = sim.client(c);
+    assert_eq!(cl.count(is_granted), 1, "granted after the fallback");
+    assert!(!cl.sent_of(MsgType::ProofId).is_empty());
+    assert!(!cl.sent_of(MsgType::Proof).is_empty(), "then plain PROOFs");
+    assert!(sim.server().holders().iter().all(|l| l.who.is_none()));
+}

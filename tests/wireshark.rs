@@ -117,13 +117,14 @@ fn tshark_names_every_type_and_the_ids_of_a_real_exchange() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let via = relay(server.addr, log.clone()).await;
-        let client = Client::new(via).with_acquire_timeout(Duration::from_secs(20));
+        let who = lic_udp::Identity::new("alice", "ws12", "cad", "2.1").expect("identity");
+        let client = Client::new(via).with_acquire_timeout(Duration::from_secs(20)).with_identity(Some(who));
         let serial = Serial::parse(&serial).expect("serial");
-        // HELLO, CHALLENGE, PROOF, GRANT; then HEARTBEAT and ACK.
+        // HELLO, CHALLENGE, PROOF_ID, GRANT; then HEARTBEAT and ACK.
         let seat = client.acquire(&serial).await.expect("seat");
         tokio::time::sleep(Duration::from_millis(800)).await;
-        // The one seat is taken: DENY.
-        match client.acquire(&serial).await {
+        // The one seat is taken: DENY, to a client that sends a plain PROOF.
+        match client.clone().with_identity(None).acquire(&serial).await {
             Err(AcquireError::Full { .. }) => {}
             other => panic!("expected FULL, got {:?}", other.map(|s| s.info())),
         }
@@ -165,7 +166,7 @@ fn tshark_names_every_type_and_the_ids_of_a_real_exchange() {
         .args(["-d", &format!("udp.port=={},lic_udp", server.addr.port())])
         .args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"])
         .args(["-e", "lic_udp.type_name", "-e", "lic_udp.lease", "-e", "lic_udp.license_id"])
-        .args(["-e", "lic_udp.status", "-e", "lic_udp.reason", "-e", "lic_udp.problem"])
+        .args(["-e", "lic_udp.status", "-e", "lic_udp.reason", "-e", "lic_udp.problem", "-e", "lic_udp.who"])
         .output()
         .expect("run tshark");
     let out = text(&o.stdout);
@@ -176,14 +177,22 @@ fn tshark_names_every_type_and_the_ids_of_a_real_exchange() {
 
     // Every type, named.
     let names: std::collections::BTreeSet<String> = rows.iter().map(|r| col(r, 0)).collect();
-    for ty in ["HELLO", "CHALLENGE", "PROOF", "GRANT", "DENY", "HEARTBEAT", "ACK", "STALE", "UNKNOWN"] {
+    for ty in
+        ["HELLO", "CHALLENGE", "PROOF", "PROOF_ID", "GRANT", "DENY", "HEARTBEAT", "ACK", "STALE", "UNKNOWN"]
+    {
         assert!(names.contains(ty), "{ty} missing from\n{out}");
     }
     // The license id the client derived from the serial, as the PROOFs carry it.
     let keys =
         derive_license_keys(&Serial::parse(&serial).expect("serial"), &salt, KdfParams::TEST).expect("kdf");
     let license_id = hex::encode(keys.license_id);
-    let proofs: Vec<String> = rows.iter().filter(|r| col(r, 0) == "PROOF").map(|r| col(r, 2)).collect();
+    let proofs: Vec<String> =
+        rows.iter().filter(|r| col(r, 0).starts_with("PROOF")).map(|r| col(r, 2)).collect();
+    // The holder a PROOF_ID names, as `status` shows it.
+    assert!(
+        rows.iter().any(|r| col(r, 0) == "PROOF_ID" && col(r, 6) == "alice@ws12 (cad 2.1)"),
+        "no PROOF_ID naming alice@ws12 (cad 2.1):\n{out}"
+    );
     assert!(
         proofs.len() >= 3 && proofs.contains(&license_id),
         "PROOF license ids {proofs:?}, want {license_id}"

@@ -14,13 +14,13 @@
 local lic = Proto("lic_udp", "lic-udp floating-license protocol")
 
 local TYPES = {
-    [0x01] = "HELLO", [0x02] = "PROOF", [0x03] = "HEARTBEAT",
+    [0x01] = "HELLO", [0x02] = "PROOF", [0x03] = "HEARTBEAT", [0x04] = "PROOF_ID",
     [0x81] = "CHALLENGE", [0x82] = "GRANT", [0x83] = "DENY", [0x84] = "ACK",
     [0x85] = "STALE", [0x86] = "UNKNOWN",
 }
 -- Every type has exactly one valid length.
 local LENGTHS = {
-    [0x01] = 64, [0x02] = 89, [0x03] = 48,
+    [0x01] = 64, [0x02] = 89, [0x03] = 48, [0x04] = 233,
     [0x81] = 63, [0x82] = 44, [0x83] = 33, [0x84] = 45, [0x85] = 16, [0x86] = 20,
 }
 local DENY_REASONS = { [1] = "FULL", [2] = "BUSY", [3] = "REVOKED", [4] = "EXPIRED", [5] = "UNAVAILABLE" }
@@ -57,6 +57,11 @@ f.seats = ProtoField.uint16("lic_udp.seats", "Seats")
 f.reason = ProtoField.uint8("lic_udp.reason", "Deny reason", base.DEC, DENY_REASONS)
 f.retry_after_ms = ProtoField.uint32("lic_udp.retry_after_ms", "Retry after (ms)")
 f.status = ProtoField.uint8("lic_udp.status", "Ack status", base.DEC, ACK_STATUS)
+f.user = ProtoField.string("lic_udp.user", "User")
+f.host = ProtoField.string("lic_udp.host", "Host")
+f.program = ProtoField.string("lic_udp.program", "Program")
+f.program_version = ProtoField.string("lic_udp.program_version", "Program version")
+f.who = ProtoField.string("lic_udp.who", "Holder (as status shows it)")
 f.padding = ProtoField.bytes("lic_udp.padding", "Padding")
 f.tag = ProtoField.bytes("lic_udp.tag", "Tag (HMAC-SHA-256-128)")
 f.problem = ProtoField.string("lic_udp.problem", "Problem")
@@ -105,6 +110,22 @@ local function padding(tree, pinfo, r)
     end
 end
 
+-- A zero-padded UTF-8 field of a PROOF_ID's identity block: its text up to the first NUL.
+local function text_field(tree, field, r)
+    local s = r:stringz(ENC_UTF_8)
+    tree:add(field, r, s)
+    return s
+end
+
+local function proof_body(t, b)
+    t:add(f.license_id, b(0, 8))
+    t:add(f.instance_id, b(8, 16))
+    t:add(f.client_nonce, b(24, 16))
+    cookie(t, b(40, 21))
+    t:add_le(f.prev_lease_id, b(61, 8))
+    return "license " .. b(0, 8):bytes():tohex():lower()
+end
+
 local BODY = {
     [0x01] = function(t, pinfo, b)
         t:add(f.client_nonce, b(0, 16))
@@ -112,12 +133,21 @@ local BODY = {
         return ""
     end,
     [0x02] = function(t, pinfo, b)
-        t:add(f.license_id, b(0, 8))
-        t:add(f.instance_id, b(8, 16))
-        t:add(f.client_nonce, b(24, 16))
-        cookie(t, b(40, 21))
-        t:add_le(f.prev_lease_id, b(61, 8))
-        return "license " .. b(0, 8):bytes():tohex():lower()
+        return proof_body(t, b)
+    end,
+    [0x04] = function(t, pinfo, b)
+        local s = proof_body(t, b)
+        local user = text_field(t, f.user, b(69, 32))
+        local host = text_field(t, f.host, b(101, 64))
+        local program = text_field(t, f.program, b(165, 32))
+        local version = text_field(t, f.program_version, b(197, 16))
+        local who = user
+        if host ~= "" then who = who .. "@" .. host end
+        if program ~= "" then
+            who = who .. " (" .. program .. (version ~= "" and (" " .. version) or "") .. ")"
+        end
+        t:add(f.who, b(69, 144), who)
+        return s .. " " .. who
     end,
     [0x03] = function(t, pinfo, b)
         local s = lease(t, b(0, 8))
@@ -182,7 +212,7 @@ local BODY = {
 }
 
 -- Tagged types: the tag is the last 16 bytes.
-local TAGGED = { [0x02] = true, [0x03] = true, [0x82] = true, [0x83] = true, [0x84] = true }
+local TAGGED = { [0x02] = true, [0x03] = true, [0x04] = true, [0x82] = true, [0x83] = true, [0x84] = true }
 
 function lic.dissector(tvb, pinfo, tree)
     local len = tvb:len()

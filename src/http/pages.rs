@@ -256,11 +256,12 @@ fn license_rows(out: &mut String, l: &LicenseStatus, p: &Principal, now: u64) {
         let _ = write!(
             out,
             "<tr class=\"holder\" data-lease=\"{lease}\" data-license=\"{id}\"><td></td>\
-             <td colspan=\"2\">{addr}<br>instance {inst}</td><td colspan=\"2\">since {since}<br>{last}</td>\
+             <td colspan=\"2\">{who}{addr}<br>instance {inst}</td><td colspan=\"2\">since {since}<br>{last}</td>\
              <td>lease {lease}</td><td><form class=\"inline\" method=\"post\" action=\"/leases/{lease}/release\">{csrf}\
              <button class=\"release\">Release</button></form></td></tr>",
             lease = esc(&h.lease),
             id = l.id,
+            who = h.who().map(|w| format!("<b class=\"who\">{}</b><br>", esc(&w))).unwrap_or_default(),
             addr = esc(&h.address),
             inst = esc(&h.instance[..12.min(h.instance.len())]),
             since = esc(&h.since),

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+use super::identity::Identity;
 use super::keys::{derive_session_keys, KdfParams, LicenseKeys, MacKey, SessionKeys};
 use super::wire::{
-    self, AckStatus, Challenge, Cookie, DenyReason, Heartbeat, Hello, Message, Proof, FLAG_RELEASE,
+    self, AckStatus, Challenge, Cookie, DenyReason, Heartbeat, Hello, Message, Proof, ProofId, FLAG_RELEASE,
     MAX_DATAGRAM,
 };
 
@@ -27,6 +28,9 @@ pub struct ClientConfig {
     /// How long a PROOF may reuse one cookie before the client starts over at HELLO.
     pub cookie_reuse: Duration,
     pub release_sends: u32,
+    /// Who this client says holds the seat (sent in a PROOF_ID, §2); `None` sends a plain
+    /// PROOF.
+    pub identity: Option<Identity>,
 }
 
 impl Default for ClientConfig {
@@ -37,6 +41,7 @@ impl Default for ClientConfig {
             handshake_sends: 6,
             cookie_reuse: Duration::from_secs(25),
             release_sends: 3,
+            identity: None,
         }
     }
 }
@@ -170,6 +175,12 @@ pub struct ClientCore {
     current: usize,
     /// First acquisition: servers that answered DENY BUSY or UNAVAILABLE so far.
     refusals: usize,
+    /// A server that answers HELLO but never a PROOF_ID predates identities (§6): from then
+    /// on this core sends plain PROOFs.
+    plain_proofs: bool,
+    /// A PROOF_ID was answered with a GRANT once: the servers know identities, and a PROOF_ID
+    /// that goes unanswered later is only lost.
+    proof_id_answered: bool,
 }
 
 impl ClientCore {
@@ -190,6 +201,8 @@ impl ClientCore {
             servers: 1,
             current: 0,
             refusals: 0,
+            plain_proofs: false,
+            proof_id_answered: false,
         };
         core.start_hello(now);
         core
@@ -233,6 +246,13 @@ impl ClientCore {
 
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done)
+    }
+
+    /// The loss deadline (§6): until when the server has promised the seat, the send time of
+    /// the last acknowledged heartbeat (or of the granted PROOF) plus the TTL. `None` before a
+    /// grant, while the seat is lost, and after a release.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.timers.get(Timer::Loss)
     }
 
     pub fn lease_id(&self) -> Option<u64> {
@@ -361,13 +381,17 @@ impl ClientCore {
         };
         let Some((_, keys)) = &self.keys else { return };
         *sends += 1;
-        let msg = Message::Proof(Proof {
+        let proof = Proof {
             license_id: keys.license_id,
             instance_id: self.instance_id,
             client_nonce: *nonce,
             cookie: *cookie,
             prev_lease_id: self.tenure.as_ref().map_or(0, |t| t.lease_id),
-        });
+        };
+        let msg = match &self.cfg.identity {
+            Some(who) if !self.plain_proofs => Message::ProofId(ProofId::new(proof, who)),
+            _ => Message::Proof(proof),
+        };
         let key = MacKey::new(&keys.k_proof);
         let rto = *rto;
         self.queue(&msg, Some(&key));
@@ -447,6 +471,9 @@ impl ClientCore {
                 // (new cookie keys): a fresh HELLO soon is better than more of the same PROOF.
                 let fallback = if self.tenure.is_some() { PROOF_SENDS_REGAIN } else { PROOF_SENDS_FIRST };
                 if *sends >= fallback.min(limit) {
+                    // The server answered HELLO and then no PROOF_ID at all: an older server
+                    // drops the type it does not know.
+                    self.plain_proofs |= self.cfg.identity.is_some() && !self.proof_id_answered;
                     self.proof_restarts += 1;
                     let restarts = PROOF_RESTARTS_FIRST.max(self.servers as u32);
                     if self.proof_restarts >= restarts && self.exhausted() {
@@ -563,6 +590,7 @@ impl ClientCore {
         if !session.s2c.verify(signed, tag) || g.lease_id == 0 {
             return;
         }
+        self.proof_id_answered |= self.cfg.identity.is_some() && !self.plain_proofs;
         let ttl = Duration::from_millis(u64::from(g.ttl_ms));
         let heartbeat = Duration::from_millis(u64::from(g.heartbeat_ms.max(1)));
         match self.tenure.as_mut() {

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod cookie;
+pub mod identity;
 pub mod keys;
 pub mod license_guard;
 pub mod mac;

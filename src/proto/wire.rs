@@ -9,16 +9,23 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::identity::{self, Identity};
+
 /// `"LU"`: cheap rejection of stray traffic before anything else is looked at.
 pub const MAGIC: [u8; 2] = [0x4C, 0x55];
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 4;
 pub const TAG_LEN: usize = 16;
-/// The largest datagram of version 1 (PROOF). Receive buffers are larger so that an oversize
-/// datagram is seen as oversize rather than silently truncated to a valid length.
-pub const MAX_DATAGRAM: usize = 89;
+/// The largest datagram of version 1 (PROOF_ID). Receive buffers are larger so that an
+/// oversize datagram is seen as oversize rather than silently truncated to a valid length.
+pub const MAX_DATAGRAM: usize = 233;
+/// The largest server-to-client datagram (CHALLENGE): what a server's reply buffers hold.
+pub const MAX_REPLY: usize = 63;
 /// Bit 7 of the type byte marks server-to-client messages, which a server never answers.
 pub const SERVER_TO_CLIENT: u8 = 0x80;
+
+/// A PROOF's body: the fields a PROOF_ID's body starts with.
+const PROOF_BODY: usize = 69;
 
 /// The heartbeat flag that gives the seat back.
 pub const FLAG_RELEASE: u8 = 0x01;
@@ -28,6 +35,8 @@ pub enum MsgType {
     Hello = 0x01,
     Proof = 0x02,
     Heartbeat = 0x03,
+    /// A PROOF that also states who holds the seat (proto-spec.md §2).
+    ProofId = 0x04,
     Challenge = 0x81,
     Grant = 0x82,
     Deny = 0x83,
@@ -38,10 +47,11 @@ pub enum MsgType {
 
 impl MsgType {
     /// Every type, client-to-server first (proto-spec.md §2's table order).
-    pub const ALL: [MsgType; 9] = [
+    pub const ALL: [MsgType; 10] = [
         Self::Hello,
         Self::Proof,
         Self::Heartbeat,
+        Self::ProofId,
         Self::Challenge,
         Self::Grant,
         Self::Deny,
@@ -56,6 +66,7 @@ impl MsgType {
             0x01 => Self::Hello,
             0x02 => Self::Proof,
             0x03 => Self::Heartbeat,
+            0x04 => Self::ProofId,
             0x81 => Self::Challenge,
             0x82 => Self::Grant,
             0x83 => Self::Deny,
@@ -70,8 +81,9 @@ impl MsgType {
     pub const fn layout(self) -> (usize, usize, usize) {
         match self {
             Self::Hello => (16, 44, 0),
-            Self::Proof => (69, 0, TAG_LEN),
+            Self::Proof => (PROOF_BODY, 0, TAG_LEN),
             Self::Heartbeat => (21, 7, TAG_LEN),
+            Self::ProofId => (PROOF_BODY + identity::WIRE_LEN, 0, TAG_LEN),
             Self::Challenge => (59, 0, 0),
             Self::Grant => (24, 0, TAG_LEN),
             Self::Deny => (13, 0, TAG_LEN),
@@ -172,6 +184,24 @@ pub struct Proof {
     pub cookie: Cookie,
     #[serde(with = "le::u64")]
     pub prev_lease_id: u64,
+}
+
+/// A PROOF and the identity block it carries (proto-spec.md §2). `who` is known to be a valid
+/// block ([`Identity::from_wire`]) once decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProofId {
+    pub proof: Proof,
+    pub who: [u8; identity::WIRE_LEN],
+}
+
+impl ProofId {
+    pub fn new(proof: Proof, who: &Identity) -> Self {
+        Self { proof, who: who.to_wire() }
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity::from_wire(&self.who).unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +318,7 @@ pub enum Message {
     Hello(Hello),
     Proof(Proof),
     Heartbeat(Heartbeat),
+    ProofId(ProofId),
     Challenge(Challenge),
     Grant(Grant),
     Deny(Deny),
@@ -302,6 +333,7 @@ impl Message {
             Self::Hello(_) => MsgType::Hello,
             Self::Proof(_) => MsgType::Proof,
             Self::Heartbeat(_) => MsgType::Heartbeat,
+            Self::ProofId(_) => MsgType::ProofId,
             Self::Challenge(_) => MsgType::Challenge,
             Self::Grant(_) => MsgType::Grant,
             Self::Deny(_) => MsgType::Deny,
@@ -379,6 +411,14 @@ pub fn decode(datagram: &[u8]) -> Result<Frame<'_>, DecodeError> {
             }
             Message::Heartbeat(hb)
         }
+        MsgType::ProofId => {
+            let (proof_bytes, who) = body_bytes.split_at_checked(PROOF_BODY).ok_or(DecodeError::Length)?;
+            let who: [u8; identity::WIRE_LEN] = who.try_into().map_err(|_| DecodeError::Length)?;
+            if Identity::from_wire(&who).is_none() {
+                return Err(DecodeError::Body);
+            }
+            Message::ProofId(ProofId { proof: body(proof_bytes)?, who })
+        }
         MsgType::Challenge => Message::Challenge(body(body_bytes)?),
         MsgType::Grant => Message::Grant(body(body_bytes)?),
         MsgType::Deny => Message::Deny(body(body_bytes)?),
@@ -392,7 +432,8 @@ pub fn decode(datagram: &[u8]) -> Result<Frame<'_>, DecodeError> {
 /// Writes the header, body and padding of `msg` into `out` and returns the number of bytes
 /// the tag must cover. The caller appends the tag (if the type has one) at that offset.
 ///
-/// `out` must hold at least [`MAX_DATAGRAM`] bytes; a shorter buffer yields `None`.
+/// `out` must hold the message: [`MAX_DATAGRAM`] bytes for any, [`MAX_REPLY`] for what a server
+/// sends; a shorter buffer yields `None`.
 pub fn encode_unsigned(msg: &Message, out: &mut [u8]) -> Option<usize> {
     let ty = msg.msg_type();
     let (b, p, _) = ty.layout();
@@ -405,6 +446,11 @@ pub fn encode_unsigned(msg: &Message, out: &mut [u8]) -> Option<usize> {
         Message::Hello(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
         Message::Proof(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
         Message::Heartbeat(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
+        Message::ProofId(m) => {
+            let (proof_out, who_out) = body_out.split_at_mut_checked(PROOF_BODY)?;
+            who_out.get_mut(..identity::WIRE_LEN)?.copy_from_slice(&m.who);
+            postcard::to_slice(&m.proof, proof_out).map(|s| s.len() + identity::WIRE_LEN)
+        }
         Message::Challenge(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
         Message::Grant(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
         Message::Deny(m) => postcard::to_slice(m, body_out).map(|s| s.len()),
@@ -435,6 +481,16 @@ mod tests {
                 prev_lease_id: 9,
             }),
             Message::Heartbeat(Heartbeat { lease_id: 5, epoch: 6, seq: 7, flags: 1 }),
+            Message::ProofId(ProofId::new(
+                Proof {
+                    license_id: [2; 8],
+                    instance_id: [3; 16],
+                    client_nonce: [4; 16],
+                    cookie,
+                    prev_lease_id: 0,
+                },
+                &Identity::new("alice", "ws12", "cad", "2.1").expect("identity"),
+            )),
             Message::Challenge(Challenge {
                 client_nonce: [1; 16],
                 cookie,
@@ -470,6 +526,8 @@ mod tests {
     fn no_datagram_exceeds_the_documented_maximum() {
         let max = all_samples().iter().map(|m| m.msg_type().wire_len()).max();
         assert_eq!(max, Some(MAX_DATAGRAM));
+        let replies = MsgType::ALL.iter().filter(|t| t.is_server_to_client()).map(|t| t.wire_len()).max();
+        assert_eq!(replies, Some(MAX_REPLY));
     }
 
     #[test]

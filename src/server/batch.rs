@@ -14,7 +14,7 @@ use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 
-use crate::proto::wire::MAX_DATAGRAM;
+use crate::proto::wire::MAX_REPLY;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 64;
@@ -129,7 +129,7 @@ pub fn timeout_step(want: Duration, max: Duration) -> Duration {
 }
 
 /// One reply waiting to be sent: destination, bytes, length.
-pub type Out = (SocketAddr, [u8; MAX_DATAGRAM], usize);
+pub type Out = (SocketAddr, [u8; MAX_REPLY], usize);
 
 /// Reusable message headers for [`send`].
 pub struct SendBufs {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::server::{JournalOp, ServerCore};
-use crate::proto::wire::{DenyReason, MsgType, MAX_DATAGRAM};
+use crate::proto::wire::{DenyReason, MsgType, MAX_REPLY};
 use crate::store::etcd::{AuditRec, GrantOutcome, NodeState};
 use crate::store::StoreError;
 
@@ -199,7 +199,7 @@ impl Committer {
                 }
             }
         }
-        let mut buf = [0u8; MAX_DATAGRAM];
+        let mut buf = [0u8; MAX_REPLY];
         for (to, bytes, n) in replies {
             let Some(datagram) = bytes.get(..n) else { continue };
             match lease_of_grant(datagram) {

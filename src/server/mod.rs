@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 
 use crate::metrics::Histogram;
 use crate::proto::server::{DenyEvent, JournalOp, Reply, ServerConfig, ServerCore, EXPIRY_BUDGET};
-use crate::proto::wire::{MsgType, MAX_DATAGRAM};
+use crate::proto::wire::{MsgType, MAX_REPLY};
 use crate::store::{Store, StoreError};
 
 /// The documented default port (proto-spec.md §1).
@@ -664,11 +664,12 @@ impl Worker {
         out: &mut Vec<Out>,
         gated: &mut Vec<Out>,
     ) {
-        let mut reply = [0u8; MAX_DATAGRAM];
+        let mut reply = [0u8; MAX_REPLY];
         // A license perhaps issued a moment ago by `lic-udp issue`: look again before saying
         // no. Asked before the datagram is handled, since handling it charges the guessing
         // budget and the reply limit, and must happen once.
-        if datagram.get(3) == Some(&(MsgType::Proof as u8))
+        let proof = [MsgType::Proof as u8, MsgType::ProofId as u8];
+        if datagram.get(3).is_some_and(|t| proof.contains(t))
             && self.core.names_unknown_license(now, src, datagram)
             && self.may_reload_for_unknown()
         {
@@ -828,6 +829,7 @@ mod tests {
             instance_id: [instance; 16],
             addr: "127.0.0.1:40000".parse().expect("addr"),
             since_unix: 100,
+            who: None,
         }
     }
 

@@ -33,7 +33,7 @@ CREATE INDEX IF NOT EXISTS audit_license ON audit (license, seq);
 ";
 
 /// One audit event as read back. Its JSON field names and values are those of `lic-udp log
-/// --csv`'s columns (`seq,time,event,license,lease,instance,address,actor,detail`), so a report
+/// --csv`'s columns (`seq,time,event,license,lease,instance,address,actor,detail,holder`), so a report
 /// script reads either the same way.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditEntry {
@@ -52,6 +52,20 @@ pub struct AuditEntry {
     /// The account that did it, for admin actions.
     pub actor: Option<String>,
     pub detail: Option<String>,
+    /// Who held the seat, as its client stated (grant events of clients that send a PROOF_ID);
+    /// `holder` in JSON and CSV, written as `status` shows it (`alice@ws12 (cad 2.1)`).
+    #[serde(rename = "holder", serialize_with = "who_text")]
+    pub who: Option<crate::proto::identity::Identity>,
+}
+
+fn who_text<S: serde::Serializer>(
+    w: &Option<crate::proto::identity::Identity>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match w {
+        Some(w) => s.serialize_str(&w.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(ts: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -82,13 +96,15 @@ pub(super) struct Row<'a> {
     pub addr: Option<String>,
     pub actor: Option<&'a str>,
     pub detail: Option<String>,
+    /// The holder's identity as JSON (grant events).
+    pub who: Option<String>,
 }
 
 pub(super) fn insert(conn: &Connection, db: &std::path::Path, r: Row<'_>) -> Result<(), StoreError> {
     let mut st = conn
         .prepare_cached(
-            "INSERT INTO audit (ts, event, license, lease, instance, addr, actor, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO audit (ts, event, license, lease, instance, addr, actor, detail, who)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .at(db)?;
     st.execute(params![
@@ -100,6 +116,7 @@ pub(super) fn insert(conn: &Connection, db: &std::path::Path, r: Row<'_>) -> Res
         r.addr,
         r.actor,
         r.detail,
+        r.who,
     ])
     .at(db)?;
     Ok(())
@@ -116,6 +133,7 @@ pub(super) fn grant(tx: &Transaction<'_>, db: &std::path::Path, l: &RestoredLeas
             lease: Some(l.lease_id),
             instance: Some(&l.instance_id),
             addr: Some(l.addr.to_string()),
+            who: l.who.as_deref().and_then(|w| serde_json::to_string(w).ok()),
             ..Row::default()
         },
     )
@@ -208,7 +226,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT seq, ts, event, license, lease, instance, addr, actor, detail FROM (
+                "SELECT seq, ts, event, license, lease, instance, addr, actor, detail, who FROM (
                      SELECT * FROM audit
                      WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR license = ?2)
                        AND (?3 IS NULL OR seq > ?3)
@@ -229,6 +247,7 @@ impl Store {
                     addr: r.get(6)?,
                     actor: r.get(7)?,
                     detail: r.get(8)?,
+                    who: r.get::<_, Option<String>>(9)?.as_deref().and_then(super::who::parse),
                 })
             })
             .at(db)?

@@ -215,7 +215,7 @@ impl AdminStore for EtcdStore {
         EtcdStore::revoke_as(self, id, user, any, now_unix)
     }
     fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        Ok(EtcdStore::audit(self, q)?)
+        EtcdStore::audit(self, q)
     }
     fn prune_audit(&mut self, r: AuditRetention, now_unix: u64, _batch: u32) -> Result<u64, StoreError> {
         Ok(EtcdStore::prune_audit(self, r.keep, r.max_events, now_unix)?)
@@ -253,6 +253,7 @@ impl AdminStore for EtcdStore {
                     instance_id,
                     addr: rec.addr.parse().ok()?,
                     since_unix: rec.since,
+                    who: rec.who.map(std::sync::Arc::new),
                 };
                 Some(RecordedHolder { lease, node: Some(rec.node) })
             })
@@ -268,7 +269,8 @@ impl AdminStore for EtcdStore {
             .addr
             .parse()
             .map_err(|_| self.corrupt(format!("holder of lease {lease:016x}: address `{}`", rec.addr)))?;
-        let lease = RestoredLease { lease_id: lease, license, instance_id, addr, since_unix: rec.since };
+        let who = rec.who.map(std::sync::Arc::new);
+        let lease = RestoredLease { lease_id: lease, license, instance_id, addr, since_unix: rec.since, who };
         Ok(Some(RecordedHolder { lease, node: Some(rec.node) }))
     }
 }

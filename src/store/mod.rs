@@ -19,6 +19,7 @@ mod login;
 mod recovery;
 mod schema;
 mod tokens;
+mod who;
 
 pub use accounts::{Account, TokenInfo};
 pub use audit::{deny_reason_name, AuditEntry, AuditQuery};
@@ -662,6 +663,7 @@ impl Store {
         let (salt, kdf) = read_fixed(&conn, &db)?;
         conn.execute_batch(audit::ENSURE).at(&db)?;
         conn.execute_batch(tokens::ENSURE).at(&db)?;
+        who::ensure(&conn, &db)?;
         Ok(Store { conn, dir: dir.to_owned(), db, salt, kdf, site })
     }
 
@@ -980,8 +982,9 @@ impl Store {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT lease_id, license, instance_id, addr, since FROM leases
-                 ORDER BY since, lease_id",
+                "SELECT l.lease_id, l.license, l.instance_id, l.addr, l.since, h.who
+                 FROM leases l LEFT JOIN lease_holders h ON h.lease_id = l.lease_id
+                 ORDER BY l.since, l.lease_id",
             )
             .at(db)?;
         let raw = st
@@ -992,13 +995,14 @@ impl Store {
                     r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })
             .at(db)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .at(db)?;
         raw.into_iter()
-            .map(|(lease, license, instance, addr, since)| {
+            .map(|(lease, license, instance, addr, since, who)| {
                 let lease_id = lease_id_from_sql(lease);
                 let field = |name: &str| format!("lease {lease_id:#018x}: {name}");
                 if lease_id == 0 {
@@ -1012,6 +1016,8 @@ impl Store {
                         .parse()
                         .map_err(|_| corrupt(db, format!("{} {addr:?} is not an address", field("addr"))))?,
                     since_unix: from_sql(since, db, || field("since"))?,
+                    // An unreadable identity only loses the name shown, never the seat.
+                    who: who.as_deref().and_then(who::parse).map(std::sync::Arc::new),
                 })
             })
             .collect()
@@ -1073,11 +1079,13 @@ impl Store {
                                 to_sql(l.since_unix, "grant time")?,
                             ])
                             .at(db)?;
+                        who::record(&tx, db, l)?;
                         audit::grant(&tx, db, l)?;
                     }
                     JournalOp::Remove { lease_id, why } => {
                         audit::end(&tx, db, *lease_id, why, now)?;
                         remove.execute([lease_id_to_sql(*lease_id)]).at(db)?;
+                        who::forget(&tx, db, *lease_id)?;
                     }
                 }
             }

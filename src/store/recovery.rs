@@ -36,6 +36,8 @@ fn parse(row: &[Value]) -> Option<RestoredLease> {
         instance_id: instance.as_slice().try_into().ok()?,
         addr: addr.parse().ok()?,
         since_unix: u64::try_from(*since).ok()?,
+        // Recovery rebuilds the journal only; identities stay in their own table.
+        who: None,
     })
 }
 

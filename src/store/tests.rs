@@ -58,6 +58,7 @@ fn lease(lease_id: u64, license: i64, inst: u8, addr: &str) -> RestoredLease {
         instance_id: [inst; 16],
         addr: addr.parse().expect("addr"),
         since_unix: 1_700_000_000,
+        who: None,
     }
 }
 

@@ -756,13 +756,14 @@ fn check_server_reply(src: SocketAddr, request: &[u8], reply: &[u8], after_commi
             assert_eq!(c.client_nonce, h.client_nonce);
             assert_eq!((c.server_salt, c.kdf_m_kib, c.kdf_t, c.kdf_p), (SALT, KDF.m_kib, KDF.t, KDF.p));
         }
-        (Message::Proof(_), Message::Grant(g)) => {
+        (Message::Proof(_) | Message::ProofId(_), Message::Grant(g)) => {
             assert_ne!(g.lease_id, 0, "GRANT of lease 0");
             let over = usize::from(g.used).saturating_sub(usize::from(g.seats));
             assert!(g.used >= 1 && over <= slack, "GRANT used {} of {}", g.used, g.seats);
         }
-        (Message::Proof(_), Message::Deny(_)) => {}
+        (Message::Proof(_) | Message::ProofId(_), Message::Deny(_)) => {}
         (Message::Proof(p), Message::Unknown(u)) => assert_eq!(u.client_nonce, p.client_nonce),
+        (Message::ProofId(p), Message::Unknown(u)) => assert_eq!(u.client_nonce, p.proof.client_nonce),
         (Message::Heartbeat(hb), Message::Ack(a)) => {
             assert_eq!((a.lease_id, a.seq), (hb.lease_id, hb.seq));
             assert_eq!(a.epoch, hb.epoch, "ACK in another epoch than its heartbeat");
@@ -913,6 +914,7 @@ impl ClientHarness {
                 match wire::decode(&d).map(|f| f.msg) {
                     Ok(Message::Hello(h)) => self.last_hello = Some(h.client_nonce),
                     Ok(Message::Proof(p)) => self.last_proof = Some(p),
+                    Ok(Message::ProofId(p)) => self.last_proof = Some(p.proof),
                     Ok(Message::Heartbeat(hb)) => self.last_heartbeat = Some(hb),
                     _ => {}
                 }

@@ -281,7 +281,8 @@ pub fn attribute(reply: &[u8], sent: &[Vec<u8>], used: &mut [bool]) -> Option<us
         let hit = match (&msg, &q) {
             (Message::Challenge(c), Message::Hello(h)) => c.client_nonce == h.client_nonce,
             (Message::Unknown(u), Message::Proof(p)) => u.client_nonce == p.client_nonce,
-            (Message::Grant(_) | Message::Deny(_), Message::Proof(_)) => true,
+            (Message::Unknown(u), Message::ProofId(p)) => u.client_nonce == p.proof.client_nonce,
+            (Message::Grant(_) | Message::Deny(_), Message::Proof(_) | Message::ProofId(_)) => true,
             (Message::Stale(s), Message::Heartbeat(h)) => s.lease_id == h.lease_id,
             (Message::Ack(a), Message::Heartbeat(h)) => a.lease_id == h.lease_id && a.seq == h.seq,
             _ => false,
@@ -405,6 +406,7 @@ impl RawClient {
             .rev()
             .find_map(|d| match decode(d) {
                 Some(Message::Proof(p)) => Some(p),
+                Some(Message::ProofId(p)) => Some(p.proof),
                 _ => None,
             })
             .expect("a PROOF was sent");

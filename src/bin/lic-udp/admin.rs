@@ -199,6 +199,12 @@ pub struct RevokeOpt {
     store: crate::cluster::StoreOpt,
 }
 
+/// The shortest password a new account or `user passwd` accepts, in characters: NIST SP
+/// 800-63B's floor for a memorized secret chosen by its user. Existing accounts keep theirs.
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Reads a password. `confirm` marks a new one: asked twice at a prompt, and held to
+/// [`MIN_PASSWORD_CHARS`].
 pub(crate) fn password(from_stdin: bool, confirm: bool) -> Result<String, Failure> {
     let pw = if from_stdin {
         let mut line = String::new();
@@ -219,6 +225,11 @@ pub(crate) fn password(from_stdin: bool, confirm: bool) -> Result<String, Failur
     };
     if pw.is_empty() {
         return Err(Failure::usage("the password is empty"));
+    }
+    if confirm && pw.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Failure::usage(format!(
+            "the new password is too short: use at least {MIN_PASSWORD_CHARS} characters (a few words are easier to remember)"
+        )));
     }
     Ok(pw)
 }

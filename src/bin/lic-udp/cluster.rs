@@ -192,7 +192,7 @@ pub fn log(
     q: &lic_udp::store::AuditQuery,
 ) -> Result<Vec<lic_udp::store::AuditEntry>, Failure> {
     let store = open(url, data_dir, false)?;
-    store.audit(q).map_err(|e| unreachable(e.into()))
+    store.audit(q).map_err(unreachable)
 }
 
 /// The node's token (see `NodeConfig::token`), kept in the data dir as `node-<ID>.token`

@@ -30,8 +30,12 @@ pub struct StatusOpt {
 #[derive(Args)]
 pub struct ReleaseOpt {
     /// The lease to free, as `lic-udp status` shows it (16 hex digits).
-    #[arg(long)]
-    lease: String,
+    #[arg(long, required_unless_present = "holder", conflicts_with = "holder")]
+    lease: Option<String>,
+    /// Instead of --lease: every seat held by this user (USER), or by this user on this host
+    /// (USER@HOST), as the holders stated (`status` shows them).
+    #[arg(long, value_name = "USER[@HOST]")]
+    holder: Option<String>,
     /// Data dir [env: LIC_UDP_DATA_DIR].
     #[arg(long, env = "LIC_UDP_DATA_DIR", hide_env = true, default_value_os_t = default_data_dir())]
     pub(crate) data_dir: PathBuf,
@@ -130,9 +134,11 @@ fn render_status(st: &Status) -> String {
         );
         for h in &l.holders {
             let instance = &h.instance[..12.min(h.instance.len())];
+            // Who first, as lmstat puts it, when the client said; the address always.
+            let who = h.who().map(|w| format!("{w}  ")).unwrap_or_default();
             let _ = write!(
                 text,
-                "     holder {}  lease {}  instance {instance}  since {}",
+                "     holder {who}{}  lease {}  instance {instance}  since {}",
                 h.address, h.lease, h.since
             );
             if let Some(last) = &h.last_heartbeat {
@@ -152,13 +158,73 @@ fn render_status(st: &Status) -> String {
     text
 }
 
+/// `--holder USER[@HOST]`: does the holder match?
+fn holder_matches(want: &str, user: Option<&str>, host: Option<&str>) -> bool {
+    let (u, h) = match want.split_once('@') {
+        Some((u, h)) => (u, Some(h)),
+        None => (want, None),
+    };
+    user == Some(u) && h.is_none_or(|h| host == Some(h))
+}
+
 pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
-    let lease = lic_udp::http::api::lease_id(&o.lease).map_err(|e| Failure::usage(e.message()))?;
-    if let Some(url) = &o.store.store {
-        let pw = || crate::admin::password(o.password_stdin, false);
-        return crate::cluster::release(url, &o.data_dir, lease, o.user.as_deref(), pw);
+    if let Some(want) = &o.holder {
+        return release_holder(&o, want);
     }
-    let (ep, _) = remote::endpoint(&o.api, &o.data_dir)?.ok_or_else(|| {
+    let text = o.lease.clone().unwrap_or_default();
+    release_lease(&o, &text, None)
+}
+
+/// Frees every seat `want` holds: looked up in `status` (or etcd's records), then one release
+/// each, so each is checked and logged as a release by lease.
+fn release_holder(o: &ReleaseOpt, want: &str) -> Result<i32, Failure> {
+    if want.is_empty() || want.starts_with('@') {
+        return Err(Failure::usage(format!("--holder `{want}`: give USER or USER@HOST")));
+    }
+    let leases: Vec<String> = if let Some(url) = &o.store.store {
+        let store = crate::cluster::open(url, &o.data_dir, false)?;
+        let snap = store.snapshot().map_err(|e| Failure::new(UNREACHABLE, e.to_string()))?;
+        snap.holders
+            .iter()
+            .filter(|(_, _, rec, _)| {
+                let who = rec.who.as_ref();
+                holder_matches(want, who.map(|w| w.user.as_str()), who.map(|w| w.host.as_str()))
+            })
+            .map(|(_, _, rec, _)| rec.lease_id.clone())
+            .collect()
+    } else {
+        let (ep, _) = dashboard(o)?;
+        let st: Status = serde_json::from_value(remote::get(&ep, "/api/status")?)
+            .map_err(|e| Failure::new(IO, format!("unexpected /api/status answer: {e}")))?;
+        st.licenses
+            .iter()
+            .flat_map(|l| l.holders.iter())
+            .filter(|h| holder_matches(want, h.user.as_deref(), h.host.as_deref()))
+            .map(|h| h.lease.clone())
+            .collect()
+    };
+    if leases.is_empty() {
+        return Err(Failure::new(
+            crate::exit::LICENSE,
+            format!(
+                "no seat is held by {want} (as the holders stated; `lic-udp status` shows who holds what)"
+            ),
+        ));
+    }
+    // One password for all of them (--store).
+    let pw = match (&o.store.store, &o.user) {
+        (Some(_), Some(_)) => Some(crate::admin::password(o.password_stdin, false)?),
+        _ => None,
+    };
+    for lease in &leases {
+        release_lease(o, lease, pw.as_deref())?;
+    }
+    eprintln!("{} seat{} of {want} released", leases.len(), if leases.len() == 1 { "" } else { "s" });
+    Ok(0)
+}
+
+fn dashboard(o: &ReleaseOpt) -> Result<(lic_udp::http::Endpoint, remote::Named), Failure> {
+    remote::endpoint(&o.api, &o.data_dir)?.ok_or_else(|| {
         Failure::new(
             UNREACHABLE,
             format!(
@@ -168,12 +234,26 @@ pub fn release(o: ReleaseOpt) -> Result<i32, Failure> {
                 o.data_dir.display()
             ),
         )
-    })?;
-    let r = remote::post(&ep, &format!("/api/leases/{}/release", o.lease), serde_json::json!({}))?;
+    })
+}
+
+/// Frees one lease (`text`, hex as `status` shows it). `pw`: the password, already read (a
+/// release of several seats asks once).
+fn release_lease(o: &ReleaseOpt, text: &str, pw: Option<&str>) -> Result<i32, Failure> {
+    let lease = lic_udp::http::api::lease_id(text).map_err(|e| Failure::usage(e.message()))?;
+    if let Some(url) = &o.store.store {
+        let read = || match pw {
+            Some(p) => Ok(p.to_owned()),
+            None => crate::admin::password(o.password_stdin, false),
+        };
+        return crate::cluster::release(url, &o.data_dir, lease, o.user.as_deref(), read);
+    }
+    let (ep, _) = dashboard(o)?;
+    let r = remote::post(&ep, &format!("/api/leases/{text}/release"), serde_json::json!({}))?;
     eprintln!(
         "lease {} of license {} (holder {}) released; the holder's next heartbeat is refused, and it takes a seat \
          again if one is free",
-        o.lease,
+        text,
         r.get("license").and_then(|v| v.as_i64()).unwrap_or_default(),
         r.get("address").and_then(|v| v.as_str()).unwrap_or("?")
     );
@@ -203,27 +283,29 @@ fn csv_field(s: &str) -> String {
 fn render_log(entries: &[AuditEntry], csv: bool) -> String {
     let mut text = String::new();
     if csv {
-        text.push_str("seq,time,event,license,lease,instance,address,actor,detail\n");
+        text.push_str("seq,time,event,license,lease,instance,address,actor,detail,holder\n");
     }
     for e in entries {
         let f = |v: &Option<String>| v.as_deref().map(csv_field).unwrap_or_default();
         let time = status::rfc3339(e.ts);
         let license = e.license.map(|l| l.to_string()).unwrap_or_default();
+        let who = e.who.as_ref().map(ToString::to_string);
         if csv {
             let _ = writeln!(
                 text,
-                "{},{time},{},{license},{},{},{},{},{}",
+                "{},{time},{},{license},{},{},{},{},{},{}",
                 e.seq,
                 e.event,
                 f(&e.lease),
                 f(&e.instance),
                 f(&e.addr),
                 f(&e.actor),
-                f(&e.detail)
+                f(&e.detail),
+                f(&who)
             );
         } else {
             let _ = write!(text, "{time}  {:<13} license {:<4}", e.event, license);
-            for (k, v) in [("lease", &e.lease), ("from", &e.addr), ("by", &e.actor)] {
+            for (k, v) in [("lease", &e.lease), ("holder", &who), ("from", &e.addr), ("by", &e.actor)] {
                 if let Some(v) = v {
                     let _ = write!(text, "  {k} {v}");
                 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use lic_udp::server::unix_now;
 use lic_udp::store::AuditQuery;
-use lic_udp::usage::{usage, LicenseUsage};
+use lic_udp::usage::{usage, usage_by, By, GroupUsage, LicenseUsage};
 
 use crate::default_data_dir;
 use crate::exit::{Failure, IO};
@@ -20,6 +20,10 @@ pub struct ReportOpt {
     /// Only this license id.
     #[arg(long)]
     license: Option<i64>,
+    /// Per license and holder: user, host or program, as the clients stated (clients that do
+    /// not say are counted under `?`).
+    #[arg(long, value_enum)]
+    by: Option<ByArg>,
     /// CSV with a header line, for spreadsheets.
     #[arg(long, conflicts_with = "json")]
     csv: bool,
@@ -33,6 +37,13 @@ pub struct ReportOpt {
     store: crate::cluster::StoreOpt,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ByArg {
+    User,
+    Host,
+    Program,
+}
+
 pub fn report(o: ReportOpt) -> Result<i32, Failure> {
     let since = crate::report::since(&o.since)?;
     let until = unix_now();
@@ -42,6 +53,21 @@ pub fn report(o: ReportOpt) -> Result<i32, Failure> {
     // From the start of the log: a seat granted before the window and still held counts.
     let q = AuditQuery { license: o.license, limit: Some(u32::MAX), ..AuditQuery::default() };
     let events = store.audit(&q)?;
+    if let Some(b) = o.by {
+        let by = match b {
+            ByArg::User => By::User,
+            ByArg::Host => By::Host,
+            ByArg::Program => By::Program,
+        };
+        let rows = usage_by(&events, by, since, until);
+        let text = if o.json {
+            serde_json::to_string_pretty(&rows).map_err(|e| Failure::new(IO, e.to_string()))? + "\n"
+        } else {
+            render_by(&rows, o.csv, since, until)
+        };
+        crate::print_stdout(&text)?;
+        return Ok(0);
+    }
     let mut rows = usage(&events, &seats, since, until);
     // Licenses without any event in the window are reported too, as unused.
     for l in &licenses {
@@ -106,6 +132,41 @@ fn render(rows: &[LicenseUsage], csv: bool, since: u64, until: u64) -> String {
             r.seat_hours,
             r.grants,
             denials(r)
+        );
+    }
+    t
+}
+
+fn render_by(rows: &[GroupUsage], csv: bool, since: u64, until: u64) -> String {
+    let mut t = String::new();
+    if csv {
+        t.push_str("license,group,peak,hours_in_use,seat_hours,grants\n");
+        for r in rows {
+            // A group is a name the client chose: quoted, so a comma cannot shift the columns.
+            let group = format!("\"{}\"", r.group.replace('"', "\"\""));
+            let _ = writeln!(
+                t,
+                "{},{group},{},{:.3},{:.3},{}",
+                r.license, r.peak, r.hours_in_use, r.seat_hours, r.grants
+            );
+        }
+        return t;
+    }
+    let _ =
+        writeln!(t, "usage from {} to {}", lic_udp::status::rfc3339(since), lic_udp::status::rfc3339(until));
+    let _ = writeln!(
+        t,
+        "{:<8} {:<24} {:>5} {:>10} {:>10} {:>7}",
+        "LICENSE", "BY", "PEAK", "IN USE h", "SEAT-h", "GRANTS"
+    );
+    if rows.is_empty() {
+        t.push_str("(no seats held in this window)\n");
+    }
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<8} {:<24} {:>5} {:>10.2} {:>10.2} {:>7}",
+            r.license, r.group, r.peak, r.hours_in_use, r.seat_hours, r.grants
         );
     }
     t

@@ -179,6 +179,9 @@ pub fn run(o: RunOpt) -> Result<i32, Failure> {
     // Before taking a seat: a typo in PROGRAM should not cost anyone a seat, nor leave a
     // grant and a release in the audit log.
     preflight(program)?;
+    // Admins see the program that holds the seat, not `lic-udp`.
+    let name = std::path::Path::new(program).file_name().map(|n| n.to_string_lossy().into_owned());
+    let client = client.with_identity(Some(lic_udp::Identity::of_this_process(name.as_deref(), "")));
     runtime()?.block_on(async {
         // Installed before the seat is asked for: a SIGTERM that lands between the grant and
         // the spawn must reach PROGRAM, not kill `run` with the seat still held.

@@ -16,7 +16,7 @@ mod types;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -25,6 +25,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 pub use types::*;
 
 use super::cookie::{CookieJar, LIFETIME_S};
+use super::identity::{self, Identity};
 use super::keys::{derive_session_keys, MacKey, SessionKeys};
 use super::license_guard::LicenseGuard;
 use super::ratelimit::ReplyLimiter;
@@ -103,6 +104,11 @@ fn retire(lic: &mut LicenseState, now_s: u32, instance: &[u8; 16], nonce: [u8; 1
     let r = lic.retired.entry(*instance).or_default();
     r.pairs.retain(|(_, c)| now_s.saturating_sub(c.ts) <= LIFETIME_S);
     r.pairs.push((nonce, cookie));
+}
+
+/// The identity a PROOF_ID stated, if it says anything (decoding checked the block).
+fn stated(who: Option<&[u8; identity::WIRE_LEN]>) -> Option<Arc<Identity>> {
+    who.and_then(Identity::from_wire).filter(|w| !w.is_empty()).map(Arc::new)
 }
 
 /// Forgets retired sessions whose cookies can no longer verify (at most once a second).
@@ -568,7 +574,7 @@ impl ServerCore {
     }
 
     /// Handles one datagram from `src`, writing any reply into `out` (at least
-    /// [`wire::MAX_DATAGRAM`] bytes). `unix` is the wall clock in seconds, for license validity
+    /// [`wire::MAX_REPLY`] bytes: replies are never larger). `unix` is the wall clock in seconds, for license validity
     /// and the `since` shown to admins.
     pub fn handle(&self, now: Instant, unix: u64, src: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Reply {
         bump(&self.stats.received);
@@ -585,7 +591,10 @@ impl ServerCore {
         };
         match frame.msg {
             Message::Hello(h) => self.on_hello(now, src, &h.client_nonce, out),
-            Message::Proof(p) => self.on_proof(now, unix, src, &p, frame.signed, frame.tag, out),
+            Message::Proof(p) => self.on_proof(now, unix, src, &p, None, frame.signed, frame.tag, out),
+            Message::ProofId(p) => {
+                self.on_proof(now, unix, src, &p.proof, Some(&p.who), frame.signed, frame.tag, out)
+            }
             Message::Heartbeat(hb) => self.on_heartbeat(now, unix, src, &hb, frame.signed, frame.tag, out),
             _ => {
                 bump(&self.stats.dropped_direction);
@@ -599,8 +608,10 @@ impl ServerCore {
     /// so that the driver can reread its store first (a license issued a moment ago) and then
     /// handle the datagram once.
     pub fn names_unknown_license(&self, now: Instant, src: SocketAddr, datagram: &[u8]) -> bool {
-        let Ok(wire::Frame { msg: Message::Proof(p), .. }) = wire::decode(datagram) else {
-            return false;
+        let p = match wire::decode(datagram) {
+            Ok(wire::Frame { msg: Message::Proof(p), .. }) => p,
+            Ok(wire::Frame { msg: Message::ProofId(p), .. }) => p.proof,
+            _ => return false,
         };
         if self.licenses.contains_key(&p.license_id) {
             return false;
@@ -652,6 +663,7 @@ impl ServerCore {
         unix: u64,
         src: SocketAddr,
         p: &Proof,
+        who: Option<&[u8; identity::WIRE_LEN]>,
         signed: &[u8],
         tag: &[u8],
         out: &mut [u8],
@@ -763,6 +775,9 @@ impl ServerCore {
                 lease.expires = now + ttl;
                 lease.ttl_ms = ms(ttl);
                 lease.record.addr = src;
+                if let Some(who) = stated(who) {
+                    lease.record.who = Some(who);
+                }
                 let durable = lease.durable;
                 drop(lease);
                 if let Some(old) = old {
@@ -781,7 +796,7 @@ impl ServerCore {
             if !lic.rec.revoked && self.store_available() {
                 lic.foreign.remove(&p.instance_id);
                 bump(&self.stats.takeovers);
-                let reply = self.new_lease(&mut lic, p, src, unix, now, lease_id, out);
+                let reply = self.new_lease(&mut lic, p, stated(who), src, unix, now, lease_id, out);
                 return reply;
             }
         }
@@ -812,7 +827,7 @@ impl ServerCore {
         // Step 7: a new lease, journaled; its GRANT waits for the commit.
         let lease_id = self.new_lease_id();
         bump(&self.stats.grants);
-        self.new_lease(&mut lic, p, src, unix, now, lease_id, out)
+        self.new_lease(&mut lic, p, stated(who), src, unix, now, lease_id, out)
     }
 
     /// Creates a lease (new, or taken over from another node), journals it and writes its
@@ -822,6 +837,7 @@ impl ServerCore {
         &self,
         lic: &mut LicenseState,
         p: &Proof,
+        who: Option<Arc<Identity>>,
         src: SocketAddr,
         unix: u64,
         now: Instant,
@@ -837,6 +853,7 @@ impl ServerCore {
             instance_id: p.instance_id,
             addr: src,
             since_unix: unix,
+            who,
         };
         lic.holders.insert(p.instance_id, lease_id);
         self.leases.insert(

@@ -23,7 +23,9 @@ fn a_heartbeat_reads_three_cache_lines_of_its_lease() {
         + std::mem::offset_of!(Session, window)
         + std::mem::size_of::<ReplayWindow>();
     assert!(hot_end <= 192, "heartbeat fields end at byte {hot_end}");
-    assert!(std::mem::size_of::<Lease>() <= 304, "{}", std::mem::size_of::<Lease>());
+    // The holder's identity is one pointer (8 bytes, shared with the store's record): 312 bytes
+    // plus glibc's 8-byte chunk header still round to the same 320-byte chunk as 304 did.
+    assert!(std::mem::size_of::<Lease>() <= 312, "{}", std::mem::size_of::<Lease>());
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub struct RestoredLease {
     pub instance_id: [u8; 16],
     pub addr: SocketAddr,
     pub since_unix: u64,
+    /// Who holds it, as its client stated in a PROOF_ID (proto-spec.md §2); `None` for clients
+    /// that send a plain PROOF.
+    pub who: Option<std::sync::Arc<crate::proto::identity::Identity>>,
 }
 
 /// A change the driver must write to the store. Grants must be committed before their GRANT

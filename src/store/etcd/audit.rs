@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gateway::{prefix_end, EtcdError, Op};
 use super::EtcdStore;
-use crate::store::{AuditEntry, AuditQuery};
+use crate::store::{AuditEntry, AuditQuery, StoreError};
 
 /// One event as stored.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,6 +32,9 @@ pub struct AuditRec {
     /// The node that wrote it (none for admin commands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Who held the seat (grant and takeover events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<crate::proto::identity::Identity>,
 }
 
 /// Keeps keys of one process apart within a millisecond.
@@ -55,7 +58,15 @@ impl EtcdStore {
 
     /// Events as `lic-udp log` shows them: filtered, the newest `limit`, oldest first. `seq` is
     /// the event's etcd revision.
-    pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, EtcdError> {
+    pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        // A non-admin sees only events of licenses it owns; filtered before `limit`, as the
+        // SQLite store does, so that a page is never emptied by other accounts' events.
+        let owned: Option<std::collections::HashSet<i64>> = match &q.owner {
+            Some(owner) => {
+                Some(self.licenses()?.into_iter().filter(|l| &l.owner == owner).map(|l| l.id).collect())
+            }
+            None => None,
+        };
         let (kvs, _) = self.gw.range_prefix(&self.key("audit/"))?;
         let mut out: Vec<AuditEntry> = kvs
             .into_iter()
@@ -71,11 +82,13 @@ impl EtcdStore {
                     addr: r.addr,
                     actor: r.actor.or(r.node.map(|n| format!("node {n}"))),
                     detail: r.detail,
+                    who: r.who,
                 })
             })
             .filter(|e| q.since_unix.is_none_or(|s| e.ts >= s))
             .filter(|e| q.license.is_none_or(|l| e.license == Some(l)))
             .filter(|e| q.after_seq.is_none_or(|a| e.seq > a))
+            .filter(|e| owned.as_ref().is_none_or(|o| e.license.is_some_and(|l| o.contains(&l))))
             .collect();
         out.sort_by_key(|e| e.seq);
         let limit = usize::try_from(q.limit.unwrap_or(10_000)).unwrap_or(usize::MAX);

@@ -206,6 +206,10 @@ impl EtcdStore {
                     &[gateway::Cmp::Absent(key.clone())],
                     &[gateway::Op::Put { key: key.clone(), value, lease: 0 }],
                 )?;
+                // Said once per deployment, since a misspelled prefix lands here too.
+                tracing::warn!(
+                    "no lic-udp deployment under {url} yet: starting a new, empty one (if you meant an existing one, check the prefix)"
+                );
                 gw.get(&key)?.map(|kv| kv.value).ok_or(StoreError::NoEtcdData { url: url.to_string() })?
             }
         };

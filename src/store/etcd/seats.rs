@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::identity::Identity;
+
 use super::gateway::{prefix_end, Cmp, EtcdError, Op};
 use super::EtcdStore;
 use crate::proto::server::RestoredLease;
@@ -23,6 +25,9 @@ pub struct HolderRecord {
     pub addr: String,
     pub since: u64,
     pub node: String,
+    /// Who holds it (proto-spec.md §2, PROOF_ID); absent in records of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<Identity>,
 }
 
 impl HolderRecord {
@@ -76,6 +81,7 @@ impl EtcdStore {
             addr: g.addr.to_string(),
             since,
             node: node.to_owned(),
+            who: g.who.as_deref().cloned(),
         };
         serde_json::to_vec(&rec).map_err(|e| EtcdError::Refused(e.to_string()))
     }
@@ -89,6 +95,7 @@ impl EtcdStore {
             instance: Some(hex::encode(g.instance_id)),
             addr: Some(g.addr.to_string()),
             node: Some(node.to_owned()),
+            who: g.who.as_deref().cloned(),
             ..super::AuditRec::default()
         }
     }
@@ -341,6 +348,7 @@ impl EtcdStore {
                     actor: Some(by.to_owned()),
                     detail: Some(format!("held through node {}", rec.node)),
                     node: None,
+                    who: None,
                 };
                 if self.remove_holder(lic, &inst, rev, Some(&event))? {
                     return Ok(Some((lic, inst, rec)));
@@ -387,6 +395,7 @@ impl Snapshot {
                     instance_id: *inst,
                     addr,
                     since_unix: rec.since,
+                    who: rec.who.clone().map(std::sync::Arc::new),
                 };
                 Some(OwnedRecord { lease, rev: *rev })
             })
