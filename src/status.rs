@@ -33,6 +33,14 @@ pub struct LicenseStatus {
     pub expires: Option<String>,
     pub revoked: Option<String>,
     pub holders: Vec<Holder>,
+    /// Holders counted in `in_use` but not listed, when the caller asked for at most so many
+    /// per license (the dashboard's monitor; `/api/status?holders=N`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_holders: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,9 +121,10 @@ pub fn build_shared(
     local: &[LeaseView],
     me: &str,
     now_unix: u64,
+    cap: Option<usize>,
 ) -> Status {
     let leases: Vec<RestoredLease> = recorded.iter().map(|h| h.lease.clone()).collect();
-    let mut st = build(licenses, Holders::Recorded(&leases), now_unix);
+    let mut st = build_capped(licenses, Holders::Recorded(&leases), now_unix, cap);
     st.source = "etcd".to_owned();
     let nodes: std::collections::HashMap<u64, &str> =
         recorded.iter().filter_map(|h| Some((h.lease.lease_id, h.node.as_deref()?))).collect();
@@ -136,33 +145,51 @@ pub fn build_shared(
 
 /// Builds the status of `licenses` (already filtered to what the viewer may see).
 pub fn build(licenses: Vec<LicenseRow>, holders: Holders<'_>, now_unix: u64) -> Status {
+    build_capped(licenses, holders, now_unix, None)
+}
+
+/// [`build`] listing at most `cap` holders per license (the oldest), the rest only counted:
+/// a page that refreshes every 2 s must not format 100,000 rows each time (issue 11, item 10).
+pub fn build_capped(
+    licenses: Vec<LicenseRow>,
+    holders: Holders<'_>,
+    now_unix: u64,
+    cap: Option<usize>,
+) -> Status {
     let live = matches!(holders, Holders::Live(_));
-    let mut by_license: BTreeMap<i64, Vec<Holder>> = BTreeMap::new();
+    let cap = cap.unwrap_or(usize::MAX);
+    // References first: only the holders listed are formatted.
+    let mut by_license: BTreeMap<i64, Vec<(&RestoredLease, Option<&LeaseView>)>> = BTreeMap::new();
     match holders {
         Holders::Live(views) => {
-            let mut views: Vec<&LeaseView> = views.iter().collect();
-            views.sort_by_key(|v| (v.lease.since_unix, v.lease.lease_id));
             for v in views {
-                by_license.entry(v.lease.license).or_default().push(holder(&v.lease, Some(v)));
+                by_license.entry(v.lease.license).or_default().push((&v.lease, Some(v)));
             }
         }
         Holders::Recorded(recorded) => {
             for l in recorded {
-                by_license.entry(l.license).or_default().push(holder(l, None));
+                by_license.entry(l.license).or_default().push((l, None));
             }
         }
     }
     let licenses = licenses
         .into_iter()
         .map(|l| {
-            let holders = by_license.remove(&l.id).unwrap_or_default();
+            let mut all = by_license.remove(&l.id).unwrap_or_default();
+            let in_use = all.len();
+            if in_use > cap {
+                all.select_nth_unstable_by_key(cap, |(r, _)| (r.since_unix, r.lease_id));
+                all.truncate(cap);
+            }
+            all.sort_by_key(|(r, _)| (r.since_unix, r.lease_id));
+            let holders: Vec<Holder> = all.iter().map(|(r, v)| holder(r, *v)).collect();
             let state = if l.revoked_unix.is_some() {
                 "revoked"
             } else if l.expires_unix.is_some_and(|e| now_unix >= e) {
                 "expired"
-            } else if holders.len() >= usize::from(l.seats) {
+            } else if in_use >= usize::from(l.seats) {
                 "full"
-            } else if holders.is_empty() {
+            } else if in_use == 0 {
                 "idle"
             } else {
                 "in use"
@@ -172,7 +199,8 @@ pub fn build(licenses: Vec<LicenseRow>, holders: Holders<'_>, now_unix: u64) -> 
                 owner: l.owner,
                 license_type: l.type_name,
                 seats: l.seats,
-                in_use: holders.len(),
+                in_use,
+                more_holders: in_use - holders.len(),
                 state: state.to_owned(),
                 created: rfc3339(l.created_unix),
                 expires: l.expires_unix.map(rfc3339),
@@ -182,4 +210,55 @@ pub fn build(licenses: Vec<LicenseRow>, holders: Holders<'_>, now_unix: u64) -> 
         })
         .collect();
     Status { source: if live { "live" } else { "store" }.to_owned(), licenses }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keys::LicenseKeys;
+
+    fn row(seats: u16) -> LicenseRow {
+        LicenseRow {
+            id: 1,
+            owner: "alice".into(),
+            type_name: "team".into(),
+            seats,
+            created_unix: 0,
+            expires_unix: None,
+            revoked_unix: None,
+            ttl: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            keys: LicenseKeys { license_id: [0; 8], k_proof: [0; 32], k_auth: [0; 32] },
+        }
+    }
+
+    fn lease(id: u64, since: u64) -> RestoredLease {
+        RestoredLease {
+            lease_id: id,
+            license: 1,
+            instance_id: [id as u8; 16],
+            addr: "127.0.0.1:4000".parse().expect("addr"),
+            since_unix: since,
+            who: None,
+        }
+    }
+
+    /// The monitor lists the oldest holders up to its cap and counts the rest; the license's
+    /// count and state still cover every holder.
+    #[test]
+    fn a_capped_status_lists_the_oldest_holders_and_counts_the_rest() {
+        let leases: Vec<RestoredLease> = [(5, 50), (1, 10), (4, 40), (2, 20), (3, 30)]
+            .iter()
+            .map(|&(id, since)| lease(id, since))
+            .collect();
+        let st = build_capped(vec![row(5)], Holders::Recorded(&leases), 100, Some(2));
+        let l = &st.licenses[0];
+        assert_eq!((l.in_use, l.more_holders, l.state.as_str()), (5, 3, "full"));
+        let listed: Vec<&str> = l.holders.iter().map(|h| h.lease.as_str()).collect();
+        assert_eq!(listed, ["0000000000000001", "0000000000000002"]);
+        let all = build(vec![row(5)], Holders::Recorded(&leases), 100);
+        assert_eq!((all.licenses[0].holders.len(), all.licenses[0].more_holders), (5, 0));
+        let json = serde_json::to_value(&all).expect("json");
+        assert!(json["licenses"][0].get("more_holders").is_none(), "absent when nothing is left out");
+    }
 }

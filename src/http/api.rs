@@ -54,7 +54,12 @@ pub(super) async fn whoami(state: State, headers: HeaderMap) -> Result<Json<WhoA
 }
 
 /// The live status of the licenses `p` may see.
-pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> Result<Status, Error> {
+/// The status `p` may see, with at most `cap` holders listed per license.
+pub(super) async fn status_for(
+    state: &Arc<super::Dashboard>,
+    p: &Principal,
+    cap: Option<usize>,
+) -> Result<Status, Error> {
     let (licenses, shared) =
         state.store(|s| Ok((s.licenses()?, s.shared().then(|| s.holders()).transpose()?))).await?;
     let licenses = licenses.into_iter().filter(|l| p.may_see(&l.owner)).collect();
@@ -62,15 +67,25 @@ pub(super) async fn status_for(state: &Arc<super::Dashboard>, p: &Principal) -> 
     let views = state.core.lease_views(now, unix_ms);
     Ok(match (shared, &state.node) {
         (Some(recorded), Some(node)) => {
-            status::build_shared(licenses, &recorded, &views, &node.cfg.node_id, unix_ms / 1000)
+            status::build_shared(licenses, &recorded, &views, &node.cfg.node_id, unix_ms / 1000, cap)
         }
-        _ => status::build(licenses, status::Holders::Live(&views), unix_ms / 1000),
+        _ => status::build_capped(licenses, status::Holders::Live(&views), unix_ms / 1000, cap),
     })
 }
 
-pub(super) async fn status(state: State, headers: HeaderMap) -> Result<Json<Status>, Error> {
+#[derive(Deserialize)]
+pub(super) struct StatusQuery {
+    /// At most this many holders per license (the rest are counted in `more_holders`).
+    holders: Option<usize>,
+}
+
+pub(super) async fn status(
+    state: State,
+    headers: HeaderMap,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Status>, Error> {
     let p = principal(&state, &headers).await?;
-    Ok(Json(status_for(&state, &p).await?))
+    Ok(Json(status_for(&state, &p, q.holders).await?))
 }
 
 #[derive(Deserialize)]

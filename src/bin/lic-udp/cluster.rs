@@ -145,7 +145,7 @@ pub fn status(url: &EtcdUrl, data_dir: &Path) -> Result<Status, Failure> {
     let store = open(url, data_dir, false)?;
     let licenses = store.licenses().map_err(unreachable)?;
     let holders = store.holders().map_err(unreachable)?;
-    Ok(status::build_shared(licenses, &holders, &[], "", unix_now()))
+    Ok(status::build_shared(licenses, &holders, &[], "", unix_now(), None))
 }
 
 /// Frees a seat, whatever node holds it: the record goes, and that node answers its holder
