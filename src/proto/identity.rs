@@ -66,7 +66,12 @@ impl Identity {
     /// file name, and `version` (empty if not known). Each is cut to fit at a character
     /// boundary and stripped of control characters, since nobody typed these.
     pub fn of_this_process(program: Option<&str>, version: &str) -> Self {
-        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(user_of_this_uid)
+            .unwrap_or_default();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let exe = std::env::current_exe()
             .ok()
@@ -143,6 +148,19 @@ impl std::fmt::Display for Identity {
     }
 }
 
+/// The name of this process's real uid in `/etc/passwd`: services and cron jobs often run
+/// without `$USER`. Only local accounts are found (no NSS); `None` otherwise.
+fn user_of_this_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
+}
+
 /// `s` without control characters, cut at a character boundary to at most `max` bytes.
 fn fit(s: &str, max: usize) -> String {
     let mut out = String::new();
@@ -197,6 +215,8 @@ mod tests {
         assert_eq!(fit("ab\u{1b}[31mc", 16), "ab[31mc");
         let me = Identity::of_this_process(Some("prog"), "1.0");
         assert_eq!((me.program.as_str(), me.version.as_str()), ("prog", "1.0"));
+        // Whoever runs the tests has a name, from $USER or from /etc/passwd.
+        assert!(!me.user.is_empty() || user_of_this_uid().is_none(), "{me:?}");
         assert!(Identity::from_wire(&me.to_wire()).is_some());
     }
 }
